@@ -1,0 +1,1 @@
+"""The data card: statistics, plots, lineage and the recipe, as markdown, JSON and HTML."""

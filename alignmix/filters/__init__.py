@@ -1,0 +1,1 @@
+"""Curation filters: each one a stage (kept, rejected, stats) that explains every drop."""

@@ -1,0 +1,1 @@
+"""Prefect flows, tasks and deployments: the only package that imports prefect."""

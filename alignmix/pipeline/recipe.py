@@ -1,0 +1,180 @@
+"""Recipes: a YAML file, validated by pydantic, that says what to read, generate, curate, mix and train.
+
+    name: demo
+    seed: 13
+    sources:
+      - {name: uf, path: ../shared/data/ultrafeedback/eval_clean.jsonl}
+    mix:
+      sources: {uf: {fraction: 1.0}}
+    output: {dir: out}
+
+Sections owned by other parts (`generators`, `preferences`, `curation`, `training`) are validated here for
+their shape and by their own config classes when they run. An error names the field, the bad value and the fix:
+
+    recipes/demo.yaml: mix.sources.uf.fraction = 1.5: Input should be less than or equal to 1
+      (fix: a fraction of the source after curation lies in (0, 1]; use count with upsample: true for more)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message lists every bad field with its value and a fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    """Where rows come from: a local file or folder, or a Hugging Face dataset id."""
+
+    name: str = Field(description="the recipe's name for this source; recorded in every row's `source`")
+    path: str | None = Field(None, description="a local file (parquet, .jsonl, .jsonl.gz, .json) or folder")
+    hf: str | None = Field(None, description="a Hugging Face dataset id, read through `datasets` (Hub or cache)")
+    hf_config: str | None = Field(None, description="the dataset config name, if it has several")
+    split: str | None = Field(None, description="the split to read, e.g. train_prefs")
+    format: str | None = Field(None, description="force a format adapter instead of detecting it from the columns")
+    limit: int | None = Field(None, gt=0, description="read at most this many rows (for quick runs)")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSpec:
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of `path` (a local file or folder) or `hf` (a dataset id)")
+        return self
+
+
+class MixSourceSpec(_Strict):
+    """How much of one source goes into the mix: exactly one of fraction, count or share."""
+
+    fraction: float | None = Field(None, gt=0, le=1, description="a fraction of the source after curation")
+    count: int | None = Field(None, gt=0, description="an absolute number of rows")
+    share: float | None = Field(None, gt=0, le=1, description="a share of the final mix (needs mix.total)")
+    upsample: bool = Field(False, description="allow repeating rows when more are asked than the source has")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> MixSourceSpec:
+        given = [k for k in ("fraction", "count", "share") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of fraction, count or share (got {given or 'none'})")
+        return self
+
+
+class MixSpec(_Strict):
+    sources: dict[str, MixSourceSpec] = Field(default_factory=dict, description="per source: how much of it")
+    total: int | None = Field(None, gt=0, description="the size of the final mix, needed by `share`")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="the share of rows held out as the test split")
+    stratify_by: list[Literal["source", "category"]] = Field(default_factory=lambda: ["source"])
+
+    @model_validator(mode="after")
+    def _total_for_shares(self) -> MixSpec:
+        if any(s.share is not None for s in self.sources.values()) and self.total is None:
+            raise ValueError("sources given by `share` need `total`, the size of the final mix")
+        return self
+
+
+class OutputSpec(_Strict):
+    dir: str = Field("out", description="the folder that receives <dir>/<recipe name>/")
+    rows_per_shard: int = Field(100_000, gt=0, description="rows per parquet shard")
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the mix's name and folder name")
+    description: str = ""
+    seed: int = Field(0, description="seeds every random choice: same recipe and seed, same bytes")
+    license: str = Field("other", description="the license written in the data card")
+    language: list[str] = Field(default_factory=lambda: ["en"])
+    sources: list[SourceSpec] = Field(default_factory=list)
+    generators: list[dict[str, Any]] = Field(default_factory=list, description="MAGPIE / Self-Instruct runs")
+    preferences: dict[str, Any] | None = Field(None, description="responses, judge and binarization settings")
+    curation: list[dict[str, Any]] = Field(default_factory=list, description="filter stages, in order")
+    mix: MixSpec = Field(default_factory=MixSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    training: dict[str, Any] | None = Field(None, description="optional SFT / DPO runs on the mix")
+    task_runner: dict[str, Any] | None = Field(None, description="threads (default) or dask: {address: ...}")
+
+    @model_validator(mode="after")
+    def _names(self) -> Recipe:
+        names = [s.name for s in self.sources] + [str(g.get("name")) for g in self.generators]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source and generator names must be unique; repeated: {dupes}")
+        return self
+
+    def recipe_hash(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def out_dir(self) -> Path:
+        return Path(self.output.dir) / self.name
+
+
+FIXES = {
+    "extra_forbidden": "remove it, or check its spelling against the recipe reference in the README",
+    "missing": "add it",
+    "less_than_equal": "use a smaller value",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "string_pattern_mismatch": "use letters, digits, '.', '_' and '-' only",
+    "int_parsing": "give a whole number",
+    "float_parsing": "give a number",
+    "literal_error": "use one of the values listed",
+    "value_error": "see the message",
+}
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: the recipe is not valid:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        fix = FIXES.get(e["type"], "check the value against the README's recipe reference")
+        lines.append(f"  {loc} = {shown}: {e['msg']} (fix: {fix})")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: dict[str, Any], origin: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe is a YAML mapping (name:, sources:, ...), got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, origin)) from None
+
+
+def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
+    """Load a recipe from a YAML path, a YAML string, or a dict. Relative `path:` entries are resolved
+    against the recipe file's folder, so a recipe works from any working directory."""
+    if isinstance(source, dict):
+        return parse_recipe(source)
+    text, origin, base = None, "<inline recipe>", None
+    p = Path(str(source))
+    if "\n" not in str(source) and p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise RecipeError(f"{p}: no such recipe file")
+        text, origin, base = p.read_text(encoding="utf-8"), str(p), p.resolve().parent
+    else:
+        text = str(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{origin}: not valid YAML: {err}") from None
+    recipe = parse_recipe(data, origin)
+    if base is not None:
+        for s in recipe.sources:
+            if s.path and not Path(s.path).is_absolute() and not Path(s.path).exists():
+                candidate = base / s.path
+                if candidate.exists():
+                    s.path = str(candidate)
+    return recipe

@@ -1,0 +1,258 @@
+"""Row schemas: SFT and preference rows, as Arrow schemas, with validation and stable content ids.
+
+The conventions are the ones `datasets`, TRL and the Hub already use:
+
+    SFT row:        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    preference row: {"prompt": "Hi",
+                     "chosen":   [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                     "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "go away"}],
+                     "score_chosen": 8.0, "score_rejected": 2.0}
+
+Every row also carries `id` (a hash of its normalized content), `source`, `source_id` and `meta` (JSON text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from typing import Any, Literal
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+RowKind = Literal["sft", "preference"]
+ROLES = ("system", "user", "assistant")
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+_LINEAGE = [("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()), ("meta", pa.string())]
+
+SFT_SCHEMA = pa.schema([("messages", MESSAGES), *_LINEAGE])
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("chosen", MESSAGES),
+        ("rejected", MESSAGES),
+        ("score_chosen", pa.float64()),
+        ("score_rejected", pa.float64()),
+        *_LINEAGE,
+    ]
+)
+SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "preference": PREFERENCE_SCHEMA}
+
+# The columns a stage adds to every rejected row.
+DROP_COLUMNS = ("drop_stage", "drop_reason", "drop_detail")
+
+_PL_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+POLARS_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "sft": {"messages": _PL_MESSAGES, "id": pl.String, "source": pl.String, "source_id": pl.String, "meta": pl.String},
+    "preference": {
+        "prompt": pl.String,
+        "chosen": _PL_MESSAGES,
+        "rejected": _PL_MESSAGES,
+        "score_chosen": pl.Float64,
+        "score_rejected": pl.Float64,
+        "id": pl.String,
+        "source": pl.String,
+        "source_id": pl.String,
+        "meta": pl.String,
+    },
+}
+
+
+class RowError(ValueError):
+    """A row that cannot become a valid row: `reason` is a short stable code, `field` the offending field."""
+
+    def __init__(self, reason: str, field: str | None, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+    def detail(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+def row_kind(columns: list[str] | pl.DataFrame) -> RowKind:
+    """Which row kind a frame (or its column list) holds: `preference` if it has chosen/rejected, else `sft`."""
+    cols = set(columns.columns if isinstance(columns, pl.DataFrame) else columns)
+    if {"chosen", "rejected"} <= cols:
+        return "preference"
+    if "messages" in cols:
+        return "sft"
+    raise ValueError(f"columns {sorted(cols)} are neither SFT rows (messages) nor preference rows (chosen/rejected)")
+
+
+def normalize_text(text: str) -> str:
+    """The normalization used for ids and exact matching: NFKC, case-folded, whitespace collapsed.
+
+    >>> normalize_text("  Hello\\u00a0  WORLD\\n")
+    'hello world'
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _message_key(messages: list[dict[str, Any]]) -> list[list[str]]:
+    return [[m["role"], unicodedata.normalize("NFC", m["content"]).strip()] for m in messages]
+
+
+def content_id(row: dict[str, Any]) -> str:
+    """A stable id: blake2b-128 of the row's content (messages, or prompt/chosen/rejected), NFC and stripped.
+
+    Lineage (`source`, `source_id`, `meta`) and scores are not part of it, so the same conversation has the same
+    id in every run and in every source that carries it.
+    """
+    if "chosen" in row:
+        key: Any = {
+            "prompt": unicodedata.normalize("NFC", row["prompt"] or "").strip(),
+            "chosen": _message_key(row["chosen"]),
+            "rejected": _message_key(row["rejected"]),
+        }
+    else:
+        key = {"messages": _message_key(row["messages"])}
+    return hashlib.blake2b(orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def validate_messages(messages: Any, field: str = "messages") -> list[dict[str, str]]:
+    """Check a conversation; return it as plain dicts or raise RowError with a stable reason code.
+
+    Reasons: `missing_field`, `bad_type`, `bad_role`, `empty_turn`, `not_ending_with_assistant`.
+    """
+    if messages is None:
+        raise RowError("missing_field", field, "is missing")
+    if not isinstance(messages, list):
+        raise RowError("bad_type", field, f"expected a list of messages, got {type(messages).__name__}")
+    if not messages:
+        raise RowError("empty_turn", field, "the conversation has no turns")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RowError("bad_type", f"{field}[{i}]", f"expected {{role, content}}, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise RowError("bad_role", f"{field}[{i}].role", f"{role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise RowError("bad_type", f"{field}[{i}].content", f"expected a string, got {type(content).__name__}")
+        if not content.strip():
+            raise RowError("empty_turn", f"{field}[{i}].content", f"the {role} turn is empty")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "assistant":
+        raise RowError("not_ending_with_assistant", field, f"the last turn is {out[-1]['role']!r}, not 'assistant'")
+    if not any(m["role"] == "user" for m in out):
+        raise RowError("bad_role", field, "the conversation has no user turn")
+    return out
+
+
+def _score(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError("bad_type", field, f"expected a number or null, got {value!r}")
+    return float(value)
+
+
+def sft_row(messages: Any, *, source: str, source_id: str, meta: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """Build a validated SFT row with its id. Raises RowError."""
+    row = {"messages": validate_messages(messages)}
+    return _finish(row, source, source_id, meta)
+
+
+def preference_row(
+    prompt: Any,
+    chosen: Any,
+    rejected: Any,
+    *,
+    score_chosen: Any = None,
+    score_rejected: Any = None,
+    source: str,
+    source_id: str,
+    meta: dict[str, Any] | str | None = None,
+) -> dict[str, Any]:
+    """Build a validated preference row with its id. Raises RowError.
+
+    `prompt` must equal the last user turn of `chosen` (and of `rejected`), as in ultrafeedback_binarized.
+    """
+    chosen_msgs = validate_messages(chosen, "chosen")
+    rejected_msgs = validate_messages(rejected, "rejected")
+    if not isinstance(prompt, str):
+        raise RowError("missing_field" if prompt is None else "bad_type", "prompt", "expected a string")
+    if not prompt.strip():
+        raise RowError("empty_turn", "prompt", "the prompt is empty")
+    row = {
+        "prompt": prompt,
+        "chosen": chosen_msgs,
+        "rejected": rejected_msgs,
+        "score_chosen": _score(score_chosen, "score_chosen"),
+        "score_rejected": _score(score_rejected, "score_rejected"),
+    }
+    return _finish(row, source, source_id, meta)
+
+
+def _finish(row: dict[str, Any], source: str, source_id: str, meta: dict[str, Any] | str | None) -> dict[str, Any]:
+    row["id"] = content_id(row)
+    row["source"] = source
+    row["source_id"] = str(source_id)
+    if meta is None:
+        row["meta"] = "{}"
+    elif isinstance(meta, str):
+        row["meta"] = meta
+    else:
+        row["meta"] = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+    return row
+
+
+def last_user_turn(messages: list[dict[str, str]]) -> str:
+    for m in reversed(messages):
+        if m["role"] == "user":
+            return m["content"]
+    raise RowError("bad_role", "messages", "the conversation has no user turn")
+
+
+def to_frame(rows: list[dict[str, Any]], kind: RowKind) -> pl.DataFrame:
+    """Rows (as built by sft_row/preference_row) to a polars frame with the exact schema, even when empty."""
+    return pl.DataFrame(rows, schema=POLARS_SCHEMAS[kind]) if rows else empty_frame(kind)
+
+
+def empty_frame(kind: RowKind) -> pl.DataFrame:
+    return pl.DataFrame(schema=POLARS_SCHEMAS[kind])
+
+
+def to_arrow(frame: pl.DataFrame, kind: RowKind | None = None) -> pa.Table:
+    """The frame as an Arrow table whose schema columns come first, cast exactly to the row schema.
+
+    Extra columns (a stage's measurements such as `lang` or `len_ratio`) follow, unchanged.
+    """
+    kind = kind or row_kind(frame)
+    schema = SCHEMAS[kind]
+    table = frame.to_arrow()
+    columns, fields = [], []
+    for f in schema:
+        if f.name not in table.column_names:
+            raise ValueError(f"the frame has no column {f.name!r}, which {kind} rows need")
+        columns.append(table.column(f.name).cast(f.type))
+        fields.append(f)
+    for name in table.column_names:
+        if name not in schema.names:
+            col = table.column(name)
+            if pa.types.is_large_string(col.type):
+                col = col.cast(pa.string())
+            columns.append(col)
+            fields.append(pa.field(name, col.type))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def core_columns(kind: RowKind) -> list[str]:
+    return list(SCHEMAS[kind].names)
+
+
+def check_frame(frame: pl.DataFrame) -> RowKind:
+    """Raise ValueError naming the column when a frame does not match its row schema; return its kind."""
+    kind = row_kind(frame)
+    for name, dtype in POLARS_SCHEMAS[kind].items():
+        if name not in frame.columns:
+            raise ValueError(f"missing column {name!r} for {kind} rows")
+        if frame.schema[name] != dtype and not (dtype == pl.Float64 and frame.schema[name] == pl.Null):
+            raise ValueError(f"column {name!r} has type {frame.schema[name]}, expected {dtype}")
+    return kind

@@ -1,0 +1,1 @@
+"""Synthetic data: generation backends, MAGPIE, Self-Instruct, responses, judges, binarization."""
