@@ -125,3 +125,29 @@ def decide(frame: pl.DataFrame, condition: pl.Expr, reason: str, detail: pl.Expr
         pl.when(hit).then(pl.lit(reason)).otherwise(pl.col("drop_reason")).alias("drop_reason"),
         pl.when(hit).then(detail.cast(pl.String)).otherwise(pl.col("drop_detail")).alias("drop_detail"),
     )
+
+
+def histogram(values: pl.Series, bins: int = 20, range_: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The one histogram format every stage writes into `stats.distributions` and the data card plots:
+
+        {"edges": [e0, ..., eB], "counts": [c0, ..., cB-1], "n": N, "mean": m, "p50": ..., "p90": ..., "null": k}
+
+    Nulls and NaNs are counted in `null`, not binned.
+    """
+    import numpy as np
+
+    s = values.cast(pl.Float64)
+    nulls = int(s.is_null().sum() + s.is_nan().fill_null(False).sum())
+    arr = s.drop_nulls().drop_nans().to_numpy()
+    if arr.size == 0:
+        return {"edges": [], "counts": [], "n": 0, "mean": None, "p50": None, "p90": None, "null": nulls}
+    counts, edges = np.histogram(arr, bins=bins, range=range_)
+    return {
+        "edges": [round(float(e), 6) for e in edges],
+        "counts": [int(c) for c in counts],
+        "n": int(arr.size),
+        "mean": round(float(arr.mean()), 6),
+        "p50": round(float(np.percentile(arr, 50)), 6),
+        "p90": round(float(np.percentile(arr, 90)), 6),
+        "null": nulls,
+    }
