@@ -25,11 +25,24 @@ def fail(message: str) -> None:
 # --- pipeline commands --------------------------------------------------------------------------------------
 
 
+def _format_help(value: Optional[str]) -> Optional[str]:
+    """`--format help` lists the formats and exits, before SOURCES and --out are asked for."""
+    if value == "help":
+        from alignmix.pipeline.adapters import formats_help
+
+        console.print("formats (detected from the records' fields, or forced with --format NAME):")
+        console.print(formats_help(), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit()
+    return value
+
+
 @app.command()
 def ingest(
     sources: list[str] = typer.Argument(..., help="files, folders, or hf:<dataset id>[:<split>]"),
     out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/, manifest.json"),
-    format: Optional[str] = typer.Option(None, "--format", help="force a format adapter (see `--format help`)"),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="force a format adapter (`--format help` lists them)", callback=_format_help, is_eager=True
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="the source name recorded in each row (default: file stem)"),
     rows_per_shard: int = typer.Option(100_000, help="rows per parquet shard"),
 ) -> None:
@@ -61,11 +74,280 @@ def inspect(
 
 # --- filter commands (dedup, filter, review) ----------------------------------------------------------------
 
+
+@app.command()
+def dedup(
+    src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
+    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    on: str = typer.Option("prompt", "--on", help="text compared: prompt, first_user, conversation, response, ..."),
+    threshold: float = typer.Option(0.8, "--threshold", help="Jaccard similarity of word 5-gram sets for near duplicates"),
+    exact_only: bool = typer.Option(False, "--exact-only", help="only drop rows equal after normalization"),
+    keep: str = typer.Option("first", "--keep", help="which row of a cluster stays: first or highest_score"),
+) -> None:
+    """Drop exact duplicates, then MinHash near duplicates, keeping one row per cluster."""
+    from alignmix.filters.apply import curate, render_stats
+    from alignmix.filters.registry import build_stage
+
+    try:
+        stages = [build_stage({"stage": "exact_dedup", "field": on, "keep": keep})]
+        if not exact_only:
+            stages.append(build_stage({"stage": "near_dedup", "field": on, "threshold": threshold, "keep": keep}))
+        stats = curate(src, out, stages)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    console.print(render_stats(stats), highlight=False)
+
+
+@app.command("filter")
+def filter_rows(
+    src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
+    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    stage: list[str] = typer.Option(
+        ..., "--stage", help='a stage name (length, consistency, language, ...) or a JSON object {"stage": ..., ...}; repeatable'
+    ),
+) -> None:
+    """Apply curation stages in the order given, writing kept rows, rejected rows with reasons, and stats."""
+    import orjson
+
+    from alignmix.filters.apply import curate, render_stats
+    from alignmix.filters.registry import build_stage
+
+    try:
+        specs = [orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s} for s in stage]
+        stats = curate(src, out, [build_stage(spec) for spec in specs])
+    except (ValueError, FileNotFoundError, orjson.JSONDecodeError) as err:
+        fail(str(err))
+    console.print(render_stats(stats), highlight=False)
+
+
+@app.command()
+def review(
+    mix_dir: Path = typer.Argument(..., metavar="DIR", help="a mix directory with preference rows in data/"),
+    sample: int = typer.Option(50, "--sample", help="how many random pairs to show"),
+    seed: int = typer.Option(0, "--seed", help="seed of the sample and of the A/B order"),
+) -> None:
+    """Spot-check a mix by hand: judge random pairs blind; report agreement with the labels (warns below 80%)."""
+    from alignmix.filters.review import review as run_review
+
+    try:
+        report = run_review(mix_dir, sample=sample, seed=seed, console=console)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    console.print(report.render(), highlight=False)
+
 # --- mix and card commands ----------------------------------------------------------------------------------
+
+
+def _curation_stages(curation: list[dict]) -> list:
+    """The recipe's `curation` entries as Stage objects, through the filters' registry."""
+    if not curation:
+        return []
+    try:
+        from alignmix.filters.registry import build_stage
+    except ImportError:
+        fail("the recipe has `curation` stages but alignmix.filters.registry is not available in this install")
+    return [build_stage(dict(entry)) for entry in curation]
+
+
+@app.command()
+def mix(
+    recipe: Path = typer.Argument(..., help="a recipe YAML file"),
+    out: Path = typer.Option(..., "--out", help="the folder that receives <out>/<recipe name>/"),
+) -> None:
+    """Read the recipe's sources, run its curation stages, mix by recipe, write shards and the data card."""
+    from alignmix.data_cards import write_card
+    from alignmix.pipeline.mix_build import build_mix, curate, read_source, reset_outputs
+    from alignmix.pipeline.mixing import MixError
+    from alignmix.pipeline.recipe import RecipeError, load_recipe
+    from alignmix.pipeline.store import MixStore
+
+    try:
+        r = load_recipe(recipe)
+    except RecipeError as err:
+        fail(str(err))
+    store = MixStore(out / r.name)
+    reset_outputs(store)
+    frames = {}
+    for source in r.sources:
+        frames[source.name] = read_source(source, store)
+        console.print(f"read {source.name}: {frames[source.name].height} rows", highlight=False)
+    try:
+        curated = curate(frames, _curation_stages(r.curation), store)
+        manifest = build_mix(r, curated, out)
+    except (MixError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    paths = write_card(store.root)
+    splits = ", ".join(f"{s} {n}" for s, n in manifest["splits"].items())
+    console.print(f"mix {r.name}: {splits} rows in {len(manifest['shards'])} shards -> {store.root}", highlight=False)
+    console.print(f"card: {paths['readme']}, {paths['html']}", highlight=False)
+
+
+@app.command()
+def card(
+    path: Path = typer.Argument(..., help="a mix directory written by `alignmix mix`"),
+    html: bool = typer.Option(False, "--html", help="write README.md, card/*.png and card/card.html; print the HTML path"),
+) -> None:
+    """Show a mix's data card in the terminal, or (--html) write it and name the HTML file."""
+    from alignmix.data_cards import show_card, write_card
+    from alignmix.data_cards.collect import CardError
+
+    try:
+        if html:
+            console.print(str(write_card(path)["html"]), highlight=False)
+        else:
+            show_card(path, console)
+    except CardError as err:
+        fail(str(err))
 
 # --- training commands --------------------------------------------------------------------------------------
 
+train_app = typer.Typer(help="LoRA/QLoRA SFT and DPO on a mix's shards.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train_config(kind: str, config: Optional[Path], model: Optional[str], overrides: dict, sets: list[str]):
+    from alignmix.training.config import ConfigError, load_config
+
+    fixed = {k: v for k, v in overrides.items() if v is not None}
+    if model is not None:
+        fixed["model"] = model
+    try:
+        cfg = load_config(kind, config, sets)  # file, then --set
+        return load_config(kind, None, {**cfg.model_dump(exclude_unset=True), **fixed}) if fixed else cfg
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))
+
+
+def _print_run(result: dict) -> None:
+    before, after, tr = result["eval"]["before"], result["eval"]["after"], result["train"]
+    console.print(f"[bold]{result['kind']}[/]: {tr['steps']} steps, {tr['rows']} rows, {tr['runtime_s']} s, "
+                  f"{tr.get('tokens_per_s')} tokens/s", highlight=False)
+    for k in before:
+        console.print(f"  test {k}: {before[k]} -> {after.get(k)}", highlight=False)
+    for w in result["warnings"]:
+        console.print(f"  [yellow]warning[/] step {w['step']} {w['code']}: {w['message']}", highlight=False)
+    console.print(f"  adapter {result['adapter']}\n  metrics {result['metrics']}\n  card    {result['model_card']}",
+                  highlight=False)
+
+
+_SET_HELP = "override any config field: --set lora.r=8 --set warmup_ratio=0 (repeatable; see `config.py`)"
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    mix: Path = typer.Option(..., "--mix", help="a mix directory holding SFT rows (data/train-*, data/test-*)"),
+    out: Path = typer.Option(..., "--out", help="output folder: adapter/, metrics.jsonl, plots/, README.md"),
+    model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id or a local folder"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default 2e-4)"),
+    batch_size: Optional[int] = typer.Option(None, help="rows per forward pass"),
+    max_length: Optional[int] = typer.Option(None, help="tokens per sequence"),
+    quantize: Optional[str] = typer.Option(None, help="auto | none | 4bit (QLoRA, CUDA)"),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="also write the merged model"),
+    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+) -> None:
+    """LoRA/QLoRA SFT on a mix's SFT rows (loss on assistant tokens only)."""
+    from alignmix.training import train_sft
+
+    cfg = _train_config("sft", config, model, {"max_steps": max_steps, "learning_rate": learning_rate,
+                                               "batch_size": batch_size, "max_length": max_length,
+                                               "quantize": quantize, "merge": merge}, sets)
+    _print_run(train_sft(mix, out, cfg))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    mix: Path = typer.Option(..., "--mix", help="a mix directory holding preference rows"),
+    out: Path = typer.Option(..., "--out", help="output folder: adapter/, metrics.jsonl, plots/, README.md"),
+    model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id, a folder, or an SFT output"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
+    loss: Optional[str] = typer.Option(None, help="sigmoid | ipo | simpo"),
+    beta: Optional[float] = typer.Option(None, help="KL strength (0.1), or SimPO's scale (2.0)"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default 5e-6)"),
+    batch_size: Optional[int] = typer.Option(None, help="pairs per forward pass"),
+    max_length: Optional[int] = typer.Option(None, help="tokens per sequence"),
+    quantize: Optional[str] = typer.Option(None, help="auto | none | 4bit (QLoRA, CUDA)"),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="also write the merged model"),
+    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+) -> None:
+    """DPO (sigmoid, IPO or SimPO) on a mix's preference rows; reference = the adapter disabled."""
+    from alignmix.training import train_dpo
+
+    cfg = _train_config("dpo", config, model, {"loss": loss, "beta": beta, "max_steps": max_steps,
+                                               "learning_rate": learning_rate, "batch_size": batch_size,
+                                               "max_length": max_length, "quantize": quantize, "merge": merge}, sets)
+    _print_run(train_dpo(mix, out, cfg))
+
+
+@train_app.command("beta-sweep")
+def train_beta_sweep_cmd(
+    mix: Path = typer.Option(..., "--mix", help="a mix directory holding preference rows"),
+    out: Path = typer.Option(..., "--out", help="one run per <out>/beta-<b>, and <out>/sweep.json"),
+    model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id, a folder, or an SFT output"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
+    betas: str = typer.Option("0.05,0.1,0.5", help="comma-separated betas"),
+    max_steps: Optional[int] = typer.Option(None, help="stop each run after this many optimizer steps"),
+    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+) -> None:
+    """DPO at several betas on the same data; the final metrics side by side."""
+    from rich.table import Table
+
+    from alignmix.training import beta_sweep
+
+    try:
+        values = tuple(float(b) for b in betas.split(","))
+    except ValueError:
+        fail(f"--betas {betas!r}: expected numbers separated by commas, e.g. 0.05,0.1,0.5")
+    cfg = _train_config("dpo", config, model, {"max_steps": max_steps}, sets)
+    sweep = beta_sweep(mix, out, cfg, values)
+    table = Table(title=f"DPO beta sweep ({sweep['loss']} loss)")
+    columns = [k for k in sweep["runs"][0] if k != "out_dir"]
+    for c in columns:
+        table.add_column(c, justify="right")
+    for run in sweep["runs"]:
+        table.add_row(*(f"{run[c]:.4g}" if isinstance(run[c], float) else str(run[c]) for c in columns))
+    console.print(table)
+    console.print(f"written: {Path(out) / 'sweep.json'}", highlight=False)
+
+
 # --- flow commands (build, serve) ---------------------------------------------------------------------------
+
+
+@app.command()
+def build(
+    recipe: str = typer.Argument(..., help="a recipe: a YAML path, a bundled recipe's name (demo), or inline YAML"),
+    dask_address: Optional[str] = typer.Option(
+        None, "--dask-address", help="run per-shard tasks on this Dask scheduler (tcp://host:8786)"
+    ),
+) -> None:
+    """Run the build-ultrafeedback-mix flow without a server (Prefect's ephemeral mode)."""
+    from alignmix.flows.build import build_ultrafeedback_mix
+    from alignmix.pipeline.recipe import RecipeError
+
+    try:
+        result = build_ultrafeedback_mix(recipe, dask_address=dask_address)
+    except RecipeError as err:
+        fail(str(err))
+    console.print(f"[bold]mix:[/] {result['mix_dir']}  splits: {result.get('splits')}")
+    console.print(f"[bold]data card:[/] {result['card'].get('readme')}  html: {result['card'].get('html')}")
+    for kind in ("sft", "dpo"):
+        if result.get(kind):
+            console.print(f"[bold]{kind} adapter:[/] {result[kind].get('adapter')}")
+
+
+@app.command()
+def serve(
+    limit: Optional[int] = typer.Option(None, help="at most this many flow runs at once"),
+) -> None:
+    """Serve the flows as deployments against the Prefect server at PREFECT_API_URL.
+
+    Then: prefect deployment run build-ultrafeedback-mix/demo --watch
+    """
+    from alignmix.flows.deployments import serve as serve_deployments
+
+    serve_deployments(limit=limit)
 
 
 if __name__ == "__main__":

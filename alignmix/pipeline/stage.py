@@ -54,6 +54,9 @@ class Stage(ABC, Generic[C]):
 
     name: ClassVar[str]
     config_class: ClassVar[type[StageConfig]]
+    # True when each row's score depends on that row alone, so shards can be scored independently and in
+    # parallel. Dedup looks across rows and sets it False.
+    row_local: ClassVar[bool] = True
 
     def __init__(self, config: C | dict[str, Any] | None = None):
         if config is None:
@@ -73,10 +76,16 @@ class Stage(ABC, Generic[C]):
     def run(self, frame: pl.DataFrame) -> StageResult:
         start = time.perf_counter()
         scored = self.score(frame)
+        return self.finish(scored, start)
+
+    def finish(self, scored: pl.DataFrame, start: float | None = None) -> StageResult:
+        """Decide on an already scored frame: split, count, describe. For a `row_local` stage the flow scores
+        shards in parallel, concatenates them in order and calls this once, so the result is the same bytes."""
+        start = time.perf_counter() if start is None else start
         kept, rejected = split_decisions(scored, self.name)
         stats = StageStats(
             stage=self.name,
-            rows_in=frame.height,
+            rows_in=scored.height,
             rows_kept=kept.height,
             dropped=count_reasons(rejected),
             distributions=self.describe(scored, kept),

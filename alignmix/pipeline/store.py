@@ -108,7 +108,8 @@ class ShardWriter:
     """Stream rows into `data/<split>-NNNNN-of-MMMMM.parquet` shards of a fixed row count.
 
     The total is only known at the end, so full shards are written under temporary names and renamed by
-    `close()`. Rows never sit in memory beyond one shard's worth of Arrow batches.
+    `close()`. Each shard is written one row group (ROW_GROUP_SIZE rows) at a time, so rows never sit in
+    memory beyond one row group's worth of Arrow batches; the bytes are those of one `pq.write_table` call.
     """
 
     def __init__(self, data_dir: str | Path, split: str, kind: RowKind, rows_per_shard: int = ROWS_PER_SHARD):
@@ -116,35 +117,50 @@ class ShardWriter:
         self.split = split
         self.kind = kind
         self.rows_per_shard = rows_per_shard
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table] = []  # the row group being filled
         self._pending_rows = 0
+        self._part: pq.ParquetWriter | None = None  # the shard being written
+        self._part_rows = 0
         self._parts: list[tuple[Path, int]] = []
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, frame: pl.DataFrame | pa.Table) -> None:
         table = frame if isinstance(frame, pa.Table) else to_arrow(frame, self.kind)
         while table.num_rows:
-            room = self.rows_per_shard - self._pending_rows
+            room = min(self.rows_per_shard - self._part_rows, ROW_GROUP_SIZE - self._pending_rows)
             head, table = table.slice(0, room), table.slice(room)
             self._pending.append(head)
             self._pending_rows += head.num_rows
-            if self._pending_rows == self.rows_per_shard:
-                self._flush()
+            self._part_rows += head.num_rows
+            if self._pending_rows == ROW_GROUP_SIZE or self._part_rows == self.rows_per_shard:
+                self._write_row_group()
+            if self._part_rows == self.rows_per_shard:
+                self._close_part()
 
-    def _flush(self) -> None:
-        if not self._pending and self._parts:
-            return
+    def _write_row_group(self) -> None:
         table = pa.concat_tables(self._pending) if self._pending else to_arrow(_empty(self.kind), self.kind)
         table = table.cast(pa.schema([pa.field(f.name, _small_types(f.type)) for f in table.schema]))
-        part = self.data_dir / f".{self.split}-part-{len(self._parts):05d}.parquet.tmp"
-        pq.write_table(table, part, row_group_size=ROW_GROUP_SIZE, **PARQUET_OPTIONS)
-        self._parts.append((part, table.num_rows))
+        if self._part is None:
+            path = self._part_path(len(self._parts))
+            self._part = pq.ParquetWriter(path, table.schema, **PARQUET_OPTIONS)
+        self._part.write_table(table, row_group_size=ROW_GROUP_SIZE)
         self._pending, self._pending_rows = [], 0
+
+    def _part_path(self, index: int) -> Path:
+        return self.data_dir / f".{self.split}-part-{index:05d}.parquet.tmp"
+
+    def _close_part(self) -> None:
+        assert self._part is not None
+        self._part.close()
+        self._parts.append((self._part_path(len(self._parts)), self._part_rows))
+        self._part, self._part_rows = None, 0
 
     def close(self) -> list[dict[str, Any]]:
         """Write the last shard, rename all to their final names, remove stale shards; return shard records."""
-        if self._pending or not self._parts:
-            self._flush()
+        if self._pending or (self._part is None and not self._parts):  # the rest, or one empty shard
+            self._write_row_group()
+        if self._part is not None:
+            self._close_part()
         total = len(self._parts)
         shards = []
         for i, (part, rows) in enumerate(self._parts):

@@ -1,0 +1,114 @@
+"""Near-duplicate removal with MinHash LSH: word 5-gram shingles, 128 permutations, Jaccard threshold 0.8.
+
+The steps are separate functions (see `lsh`) so a flow can run them per shard and per band:
+
+    sketch(texts) per shard -> band_keys per shard -> bucket_pairs per band -> verify_pairs -> clusters
+
+Every candidate pair is checked with the exact Jaccard similarity of its shingle sets, so the bands and rows
+are tuned for recall: datasketch's optimizer with weights (0.02, 0.98) picks 17 bands of 7 rows for 0.8,
+which makes a pair at exactly 0.8 a candidate with chance 0.98 (datasketch's default weights: 9 x 13, 0.40).
+One row per cluster stays (the first, or the best scored); the others go with `near_duplicate` and the
+kept row's id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+
+from alignmix.filters.exact_dedup import KeepRule, kept_positions, mark_duplicates
+from alignmix.filters.lsh import (
+    MAX_BUCKET_PAIRS,
+    Verify,
+    band_keys,
+    bucket_pairs,
+    candidate_probability,
+    clusters,
+    optimal_params,
+    unique_pairs,
+    verify_pairs,
+)
+from alignmix.filters.minhash import ShingleHash, Sketch, sketch
+from alignmix.filters.normalize import TextField, text_expr
+from alignmix.pipeline.schema import row_kind
+from alignmix.pipeline.stage import Stage, StageConfig, histogram, keep_all
+
+
+class NearDedupConfig(StageConfig):
+    field: TextField = Field("prompt", description="the text compared: prompt, first_user, conversation, response, ...")
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of shingle sets at which rows are duplicates")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    num_perm: int = Field(128, ge=2, description="MinHash permutations")
+    seed: int = Field(1, description="permutation seed (datasketch's default is 1)")
+    hash: ShingleHash = Field("tabulation", description="shingle hash: tabulation (fast) or sha1 (datasketch's default)")
+    lsh_weights: tuple[float, float] = Field(
+        (0.02, 0.98), description="(false positive, false negative) weights for choosing bands and rows"
+    )
+    bands: int | None = Field(None, ge=1, description="LSH bands; chosen from threshold and lsh_weights when unset")
+    rows: int | None = Field(None, ge=1, description="rows per band; chosen with bands")
+    verify: Verify = Field("exact", description="check candidates by exact Jaccard, by signature estimate, or not")
+    keep: KeepRule = Field("first", description="which row of a cluster stays: first seen or highest score")
+    score_column: str = Field("score_chosen", description="the column `keep: highest_score` ranks by")
+
+    @model_validator(mode="after")
+    def _choose_bands(self) -> "NearDedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (they are then chosen from threshold)")
+        if self.bands is None:
+            self.bands, self.rows = optimal_params(self.threshold, self.num_perm, tuple(self.lsh_weights))
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+def candidate_pairs(sk: Sketch, bands: int, rows: int) -> np.ndarray:
+    """All bands' candidate pairs of one sketch (global document indices), deduplicated."""
+    keys = band_keys(sk.signatures, bands, rows)
+    empty = np.diff(sk.offsets) == 0
+    return unique_pairs(np.concatenate([bucket_pairs(keys[:, i], empty, MAX_BUCKET_PAIRS) for i in range(bands)]))
+
+
+def near_duplicate_clusters(sk: Sketch, config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(root per document, verified pairs, their similarities) for one sketch of all documents."""
+    pairs = candidate_pairs(sk, config.bands, config.rows)
+    pairs, sims = verify_pairs(pairs, sk, config.threshold, config.verify)
+    return clusters(len(sk), pairs), pairs, sims
+
+
+class NearDedup(Stage[NearDedupConfig]):
+    """Drop all but one row of each MinHash-LSH cluster: `near_duplicate`, detail = the kept row's id."""
+
+    name = "near_dedup"
+    config_class = NearDedupConfig
+    row_local = False
+
+    def score(self, frame: pl.DataFrame) -> pl.DataFrame:
+        cfg = self.config
+        texts = frame.select(text_expr(cfg.field, row_kind(frame))).to_series()
+        sk = sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash)
+        root, pairs, sims = near_duplicate_clusters(sk, cfg)
+        kept = kept_positions(frame, root, cfg.keep, cfg.score_column)
+        # The similarity of each dropped row to the row it was matched with (the strongest verified pair).
+        best = np.full(len(root), np.nan)
+        if len(pairs):
+            np.fmax.at(best, pairs[:, 0], sims)
+            np.fmax.at(best, pairs[:, 1], sims)
+        scored = mark_duplicates(keep_all(frame), root, kept, "near_duplicate", "dup_cluster")
+        return scored.with_columns(pl.Series("dup_similarity", best).fill_nan(None))
+
+    def describe(self, scored: pl.DataFrame, kept: pl.DataFrame) -> dict[str, Any]:
+        sizes = scored.filter(pl.col("dup_cluster").is_not_null()).group_by("dup_cluster").len()["len"]
+        cfg = self.config
+        return {
+            "dup_cluster_size": histogram(sizes, bins=10),
+            "dup_similarity": histogram(scored["dup_similarity"], bins=20, range_=(cfg.threshold, 1.0)),
+            "lsh": {
+                "bands": cfg.bands,
+                "rows": cfg.rows,
+                "candidate_probability_at_threshold": round(candidate_probability(cfg.threshold, cfg.bands, cfg.rows), 6),
+                "clusters": int(sizes.len()),
+            },
+        }

@@ -1,0 +1,68 @@
+"""Which text a filter looks at, and the normalization used to compare it.
+
+A filter names a field; `text_expr` turns it into a polars expression over SFT or preference rows:
+
+    field           preference rows                      SFT rows
+    prompt          `prompt` (the last user turn)        the first user turn
+    first_user      first user turn of `chosen`          first user turn of `messages`
+    conversation    the whole `chosen` conversation      the whole `messages` conversation
+    response        the final `chosen` turn              the final assistant turn
+    chosen          the final `chosen` turn              -
+    rejected        the final `rejected` turn            -
+
+A conversation reads "user: Hi\\nassistant: Hello!".
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+
+from alignmix.pipeline.schema import RowKind
+
+TextField = Literal["prompt", "first_user", "conversation", "response", "chosen", "rejected"]
+
+
+def final_turn(column: str) -> pl.Expr:
+    """The content of the last message of a conversation column (the response, for valid rows)."""
+    return pl.col(column).list.last().struct.field("content")
+
+
+def first_user_turn(column: str) -> pl.Expr:
+    user = pl.element().struct.field("role") == "user"
+    return pl.col(column).list.eval(pl.element().filter(user).struct.field("content")).list.first()
+
+
+def conversation_text(column: str) -> pl.Expr:
+    turn = pl.element().struct.field("role") + pl.lit(": ") + pl.element().struct.field("content")
+    return pl.col(column).list.eval(turn).list.join("\n")
+
+
+def text_expr(field: TextField, kind: RowKind) -> pl.Expr:
+    """The expression for `field` in rows of `kind`; a ValueError names the fields that exist."""
+    conv = "chosen" if kind == "preference" else "messages"
+    if field == "prompt":
+        expr = pl.col("prompt") if kind == "preference" else first_user_turn(conv)
+    elif field == "first_user":
+        expr = first_user_turn(conv)
+    elif field == "conversation":
+        expr = conversation_text(conv)
+    elif field == "response":
+        expr = final_turn(conv)
+    elif field in ("chosen", "rejected") and kind == "preference":
+        expr = final_turn(field)
+    else:
+        raise ValueError(
+            f"text field {field!r} does not exist for {kind} rows; use one of "
+            "prompt, first_user, conversation, response" + (", chosen, rejected" if kind == "preference" else "")
+        )
+    return expr.fill_null("")
+
+
+def normalized(expr: pl.Expr) -> pl.Expr:
+    """The expression form of `schema.normalize_text`: NFKC, lower case, whitespace collapsed and stripped.
+
+    "  Hello\\u00a0  WORLD\\n" -> "hello world"
+    """
+    return expr.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()

@@ -1,0 +1,338 @@
+"""The flows: `build-ultrafeedback-mix` and its parts, each a thin Prefect flow over the libraries.
+
+    build-ultrafeedback-mix(recipe)
+      ├─ generate-magpie / generate-self-instruct      one task per generator        work/generated/<name>/
+      ├─ read sources                                  one task per source           work/sources/<name>/
+      ├─ build-preferences                             responses → judge → pairs     work/preferences/<name>/
+      ├─ curate                                        per stage: one task per shard (scores), then decide
+      ├─ mix + card                                    data/, manifest.json, README.md, card.html, artifacts
+      └─ train-sft / train-dpo                         when the recipe has a `training:` section
+
+Every part writes under `<output.dir>/<recipe name>/` and records a fingerprint of its inputs and config, so a
+killed run resumes where it stopped and reruns give the same bytes. Every flow takes one parameter, the recipe
+(a path, a bundled recipe's name, or inline YAML).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from alignmix.flows.recipes import resolve_recipe
+from alignmix.flows import stages as stage_ops
+from alignmix.flows.runner import task_runner_for
+from alignmix.filters.registry import build_stage
+from alignmix.pipeline import curation
+from alignmix.pipeline.recipe import Recipe
+from alignmix.pipeline.store import MixStore
+
+# Retries where a retry can help: reading sources (network file systems, the Hub) and generation (a remote
+# endpoint, a worker lost). Curation and mixing are deterministic: a retry would fail the same way.
+IO_RETRIES = 2
+GENERATION_RETRIES = 1
+
+
+def _work(recipe: Recipe) -> Path:
+    return recipe.out_dir() / "work"
+
+
+def _publish_part(part_dir: Path, mix_dir: Path) -> None:
+    """Copy a part's rejected rows and stats into the mix directory, where the card reads them.
+
+    A part's files are named by stage (`magpie.json`); in the mix they also carry the part's name
+    (`magpie-<generator>.json`), so two generators of one kind never overwrite each other.
+    """
+    part = part_dir.name
+    for sub in ("rejected", "stats"):
+        src = part_dir / sub
+        if not src.exists():
+            continue
+        for f in sorted(src.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                stem, _, ext = f.name.partition(".")
+                name = f.name if part in stem else f"{stem}-{part}.{ext}"
+                dest = mix_dir / sub / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if not dest.exists() or dest.read_bytes() != f.read_bytes():
+                    shutil.copyfile(f, dest)
+
+
+# --- tasks --------------------------------------------------------------------------------------------------
+
+
+@task(name="read-source", retries=IO_RETRIES, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_source_task(recipe: Recipe, name: str) -> str:
+    from alignmix.pipeline.ingest import ingest_source
+
+    spec = next(s for s in recipe.sources if s.name == name)
+    out = _work(recipe) / "sources" / name
+    try:
+        stats = ingest_source(spec, out, rows_per_shard=recipe.output.rows_per_shard)
+    except Exception as err:
+        raise RuntimeError(f"stage read-source failed on source {name!r} ({spec.path or spec.hf}): {err}") from err
+    _publish_part(out, recipe.out_dir())
+    get_run_logger().info("source %s: %s rows in, %s kept", name, stats.get("rows_in"), stats.get("rows_kept"))
+    return str(out)
+
+
+@task(name="generate", retries=GENERATION_RETRIES, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def generate_task(recipe: Recipe, name: str) -> str:
+    from alignmix.synth import run_generator
+
+    spec = next(g for g in recipe.generators if g.get("name") == name)
+    out = _work(recipe) / "generated" / name
+    try:
+        stats = run_generator({"seed": recipe.seed, **spec}, out)
+    except Exception as err:
+        raise RuntimeError(f"stage generate failed on generator {name!r} ({spec.get('kind')}): {err}") from err
+    _publish_part(out, recipe.out_dir())
+    get_run_logger().info("generator %s: %s rows kept", name, stats.get("rows_kept"))
+    return str(out)
+
+
+@task(name="build-preferences", retries=GENERATION_RETRIES, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
+    from alignmix.synth import build_preferences
+
+    spec = dict(recipe.preferences or {})
+    spec.pop("prompts", None)
+    spec.setdefault("seed", recipe.seed)
+    out = _work(recipe) / "preferences" / spec.get("name", "preferences")
+    frames = [MixStore(d).read() for d in prompt_dirs]
+    prompts = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    try:
+        stats = build_preferences(prompts, spec, out)
+    except Exception as err:
+        raise RuntimeError(f"stage build-preferences failed on prompts from {prompt_dirs}: {err}") from err
+    _publish_part(out, recipe.out_dir())
+    get_run_logger().info("preferences: %s pairs", stats.get("rows_kept"))
+    return str(out)
+
+
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard_task(stage_spec: dict[str, Any], shard: pl.DataFrame) -> pl.DataFrame:
+    return stage_ops.score_shard(stage_spec, shard)
+
+
+@task(name="sketch-shard", cache_policy=NO_CACHE)
+def sketch_shard_task(stage_spec: dict[str, Any], shard: pl.DataFrame) -> Any:
+    return stage_ops.sketch_shard(stage_spec, shard)
+
+
+@task(name="mix", cache_policy=NO_CACHE)
+def mix_task(recipe: Recipe, curated_path: str) -> dict[str, Any]:
+    from alignmix.pipeline.mix_build import build_mix
+
+    curated = pl.read_parquet(curated_path)
+    names = curation.mix_source_names(recipe, curated)
+    frames = {n: curated.filter(pl.col("source") == n) for n in names}
+    return build_mix(recipe, frames, recipe.output.dir)
+
+
+@task(name="card", cache_policy=NO_CACHE)
+def card_task(recipe: Recipe) -> dict[str, Any]:
+    from alignmix.data_cards.card import write_card
+
+    return write_card(recipe.out_dir())
+
+
+# --- part flows ---------------------------------------------------------------------------------------------
+
+
+def _generators(recipe: Recipe, kind: str | None) -> list[str]:
+    return [g["name"] for g in recipe.generators if kind is None or g.get("kind") == kind]
+
+
+def _run_generators(recipe: Recipe, kind: str | None) -> dict[str, str]:
+    names = _generators(recipe, kind)
+    futures = [generate_task.submit(recipe, n) for n in names]
+    return {n: f.result() for n, f in zip(names, futures)}
+
+
+@flow(name="generate-magpie", log_prints=True)
+def generate_magpie(recipe: str) -> dict[str, str]:
+    """Run the recipe's MAGPIE generators; return their output folders."""
+    return _run_generators(resolve_recipe(recipe), "magpie")
+
+
+@flow(name="generate-self-instruct", log_prints=True)
+def generate_self_instruct(recipe: str) -> dict[str, str]:
+    """Run the recipe's Self-Instruct generators; return their output folders."""
+    return _run_generators(resolve_recipe(recipe), "self_instruct")
+
+
+def _part_dirs(recipe: Recipe) -> dict[str, str]:
+    """Every finished part's folder by name: sources, generators, preferences."""
+    work = _work(recipe)
+    dirs = {}
+    for sub in ("sources", "generated", "preferences"):
+        d = work / sub
+        if d.exists():
+            for p in sorted(d.iterdir()):
+                if (p / "data").exists():
+                    dirs[p.name] = str(p)
+    return dirs
+
+
+@flow(name="build-preferences", log_prints=True)
+def build_preferences_flow(recipe: str, part_dirs: dict[str, str] | None = None) -> str | None:
+    """Answer the recipe's prompts with several responses, judge them, binarize into preference pairs."""
+    r = resolve_recipe(recipe)
+    if not r.preferences:
+        print("the recipe has no `preferences:` section; nothing to do")
+        return None
+    part_dirs = part_dirs or _part_dirs(r)
+    wanted = r.preferences.get("prompts") or _generators(r, None)
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    missing = [w for w in wanted if w not in part_dirs]
+    if missing:
+        raise RuntimeError(f"stage build-preferences: prompts come from {missing}, which have not been built yet")
+    return preferences_task(r, [part_dirs[w] for w in wanted])
+
+
+@flow(name="curate", log_prints=True)
+def curate_flow(recipe: str, part_dirs: dict[str, str] | None = None, dask_address: str | None = None) -> str:
+    """Read the recipe's sources, then run its curation stages over every row headed for the mix.
+
+    Row-local stages score shards in parallel (one task per shard); near-duplicate detection signs shards in
+    parallel and clusters once. Returns the path of the curated rows.
+    """
+    r = resolve_recipe(recipe)
+    part_dirs = dict(part_dirs or {})
+    futures = {s.name: read_source_task.submit(r, s.name) for s in r.sources if s.name not in part_dirs}
+    part_dirs.update({n: f.result() for n, f in futures.items()})
+    runner = task_runner_for(r.task_runner, dask_address)
+    return _curate_stages.with_options(task_runner=runner)(r, part_dirs)
+
+
+@flow(name="curate-stages", log_prints=True)
+def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
+    store = MixStore(recipe.out_dir())
+    frame, fp = curation.gather(recipe, part_dirs)
+    shard_rows = stage_ops.shard_rows(recipe)
+    for position, spec in enumerate(recipe.curation, start=1):
+        stage = build_stage(spec)
+        stage_fp = curation.stage_fingerprint(spec, fp)
+        done = curation.load_done(store, stage.name, stage_fp)
+        if done is not None:
+            print(f"{stage.name}: finished in an earlier run, skipped")
+            frame, fp = done, stage_fp
+            continue
+        shards = curation.split(frame, shard_rows)
+        if stage.row_local:
+            scored = pl.concat([f.result() for f in score_shard_task.map([spec] * len(shards), shards)])
+            result = stage.finish(scored)
+        else:
+            sketches = None
+            if stage_ops.signs_shards(stage):
+                sketches = [f.result() for f in sketch_shard_task.map([spec] * len(shards), shards)]
+            result = stage_ops.run_global(stage, frame, sketches)
+        frame = curation.record_stage(store, stage, frame, result, stage_fp, position)
+        fp = stage_fp
+        s = result.stats
+        print(f"{stage.name}: {s.rows_in} in, {s.rows_kept} kept, dropped {s.dropped or 'none'}")
+    return curation.write_curated(store, frame)
+
+
+@flow(name="train-sft", log_prints=True)
+def train_sft_flow(recipe: str) -> dict[str, Any] | None:
+    """SFT on the recipe's built mix, with the recipe's `training.sft` settings."""
+    return _train(resolve_recipe(recipe), "sft")
+
+
+@flow(name="train-dpo", log_prints=True)
+def train_dpo_flow(recipe: str) -> dict[str, Any] | None:
+    """DPO on the recipe's built mix, with the recipe's `training.dpo` settings."""
+    return _train(resolve_recipe(recipe), "dpo")
+
+
+def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
+    from alignmix.training import TrainingSection, train_dpo, train_sft
+
+    section = TrainingSection.model_validate(recipe.training or {})
+    config = getattr(section, kind)
+    if config is None:
+        print(f"the recipe has no `training.{kind}` section; nothing to do")
+        return None
+    out = recipe.out_dir() / "training" / kind
+    model = config.model
+    if kind == "dpo" and section.sft is not None and config.model in (None, "default", "sft"):
+        sft_adapter = recipe.out_dir() / "training" / "sft" / "adapter"
+        if sft_adapter.exists():
+            model = str(sft_adapter)
+    if model != config.model:
+        config = config.model_copy(update={"model": model})
+    run = train_sft if kind == "sft" else train_dpo
+    try:
+        result = run(recipe.out_dir(), out, config)
+    except Exception as err:
+        raise RuntimeError(f"stage train-{kind} failed on mix {recipe.out_dir()}: {err}") from err
+    print(f"train-{kind}: adapter at {result.get('adapter')}")
+    return result
+
+
+PART_FLOWS = [generate_magpie, generate_self_instruct, build_preferences_flow, curate_flow, train_sft_flow, train_dpo_flow]
+
+
+# --- the main flow ------------------------------------------------------------------------------------------
+
+
+@flow(name="build-ultrafeedback-mix", log_prints=True)
+def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dict[str, Any]:
+    """Generate, read, curate and mix the recipe's sources into a mix with its data card; then train if asked.
+
+    `recipe`: a path to a YAML recipe, the name of a bundled one (demo, ultrafeedback-mix) or inline YAML.
+    """
+    r = resolve_recipe(recipe)
+    mix_dir = r.out_dir()
+    mix_dir.mkdir(parents=True, exist_ok=True)
+    print(f"building {r.name!r} into {mix_dir}")
+
+    part_dirs: dict[str, str] = {}
+    generated = {n: generate_task.submit(r, n) for n in _generators(r, None)}
+    sources = {s.name: read_source_task.submit(r, s.name) for s in r.sources}
+    part_dirs.update({n: f.result() for n, f in generated.items()})
+    part_dirs.update({n: f.result() for n, f in sources.items()})
+    if r.preferences:
+        pref_dir = build_preferences_flow(recipe, part_dirs)
+        if pref_dir:
+            part_dirs[Path(pref_dir).name] = pref_dir
+
+    curated_path = curate_flow(recipe, part_dirs, dask_address)
+    manifest = mix_task(r, curated_path)
+    card = card_task(r)
+    _publish_artifacts(r, manifest, card)
+
+    result: dict[str, Any] = {"mix_dir": str(mix_dir), "card": card, "splits": manifest.get("splits")}
+    if r.training:
+        if r.training.get("sft"):
+            result["sft"] = train_sft_flow(recipe)
+        if r.training.get("dpo"):
+            result["dpo"] = train_dpo_flow(recipe)
+    print(f"data card: {mix_dir / 'README.md'} (HTML: {card.get('html')})")
+    for kind in ("sft", "dpo"):
+        if result.get(kind):
+            print(f"{kind} adapter: {result[kind].get('adapter')}")
+    return result
+
+
+def _publish_artifacts(recipe: Recipe, manifest: dict[str, Any], card: dict[str, Any]) -> None:
+    """The card as a Prefect markdown artifact and the shards and funnel as table artifacts."""
+    key = "".join(c if c.isalnum() else "-" for c in recipe.name.lower())
+    readme = Path(card["readme"]).read_text(encoding="utf-8")
+    body = readme.split("---", 2)[2] if readme.startswith("---") else readme
+    create_markdown_artifact(key=f"{key}-data-card", markdown=body, description=f"Data card of {recipe.name}")
+    create_table_artifact(
+        key=f"{key}-shards",
+        table=[{"file": s["file"], "split": s["split"], "rows": s["rows"], "sha256": s["sha256"]} for s in manifest["shards"]],
+        description=f"Shards of {recipe.name}",
+    )
+    funnel = MixStore(recipe.out_dir()).read_stats("mix") or {}
+    if funnel.get("funnel"):
+        create_table_artifact(key=f"{key}-funnel", table=funnel["funnel"], description="Rows through every stage")

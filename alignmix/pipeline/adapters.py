@@ -1,0 +1,357 @@
+"""Format adapters: each turns one raw record of an external format into valid rows, or raises RowError.
+
+The format is detected from the first record's fields (or forced by name). Every adapter returns rows built by
+`schema.sft_row` / `schema.preference_row`, so ids, validation and reason codes are the same for all formats:
+
+    >>> adapter = detect_format({"instruction": "Add 2 and 3.", "input": "", "output": "5"})
+    >>> adapter.name, adapter.kind
+    ('alpaca', 'sft')
+    >>> adapter.convert({"instruction": "Add 2 and 3.", "input": "", "output": "5"}, source="demo", source_id="0")[0]["messages"]
+    [{'role': 'user', 'content': 'Add 2 and 3.'}, {'role': 'assistant', 'content': '5'}]
+
+Fields an adapter does not turn into the row are kept in `meta` (e.g. UltraFeedback's `source_index`, the
+Self-Instruct task `name`), so nothing the source recorded is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, sft_row
+
+Row = dict[str, Any]
+Convert = Callable[..., list[Row]]
+
+# ShareGPT / LLaMA-Factory speaker names -> roles. "function_call", "observation" and tools have no place in
+# the SFT / preference row schema, so they are rejected as `bad_role` rather than guessed at.
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "model": "assistant",
+    "bing": "assistant", "system": "system",
+}
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    kind: RowKind
+    fields: str  # the fields it reads, for error messages and `--format help`
+    detect: Callable[[Mapping[str, Any]], bool]
+    convert_fn: Convert
+    consumed: frozenset[str]  # top-level fields that become the row; the rest go to meta
+
+    def convert(self, record: Any, *, source: str, source_id: str) -> list[Row]:
+        """Rows for one raw record (usually one; a Self-Instruct task gives one per instance). Raises RowError."""
+        if not isinstance(record, Mapping):
+            raise RowError("bad_type", None, f"a record must be a JSON object, got {type(record).__name__}")
+        extra = {k: v for k, v in record.items() if k not in self.consumed and v is not None}
+        if extra:
+            try:
+                orjson.dumps(extra)
+            except TypeError:  # parquet and datasets may hold bytes, decimals, ...: kept as their text
+                extra = orjson.loads(orjson.dumps(extra, default=str))
+        return self.convert_fn(record, source=source, source_id=source_id, meta=extra)
+
+
+# --- field helpers ------------------------------------------------------------------------------------------
+
+
+def _get(record: Mapping[str, Any], key: str, types: type | tuple[type, ...] = str, *, optional: bool = False,
+         field: str | None = None) -> Any:
+    value = record.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise RowError("missing_field", field or key, "is missing")
+    if not isinstance(value, types):
+        want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise RowError("bad_type", field or key, f"expected {want}, got {type(value).__name__}")
+    return value
+
+
+def _pair_prompt(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> str:
+    """The shared prompt of a pair: both conversations must agree on every turn before their last one."""
+    if chosen[:-1] != rejected[:-1]:
+        raise RowError("prompt_mismatch", "rejected", "chosen and rejected differ before their last turn")
+    return last_user_turn(chosen[:-1])
+
+
+def _score(record: Mapping[str, Any], key: str) -> Any:
+    """A score at top level, or under `metadata` (how trl-lib style pair files carry them)."""
+    if key in record:
+        return record[key]
+    meta = record.get("metadata")
+    return meta.get(key) if isinstance(meta, Mapping) else None
+
+
+# --- UltraFeedback (HuggingFaceH4/ultrafeedback_binarized; also TRL's conversational preference form) --------
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], Mapping) and "role" in value[0]
+
+
+def _ultrafeedback(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    chosen = _get(record, "chosen", list)
+    rejected = _get(record, "rejected", list)
+    prompt = record.get("prompt")
+    if isinstance(prompt, list):
+        # TRL's conversational form: the prompt turns apart, chosen/rejected holding only the replies.
+        chosen, rejected, prompt = prompt + chosen, prompt + rejected, None
+    prompt = prompt if prompt is not None else _prompt_from(chosen)
+    row = preference_row(
+        prompt, chosen, rejected,
+        score_chosen=record.get("score_chosen"), score_rejected=record.get("score_rejected"),
+        source=source, source_id=source_id, meta=meta,
+    )
+    _pair_prompt(row["chosen"], row["rejected"])
+    return [row]
+
+
+def _prompt_from(messages: list[Any]) -> Any:
+    for m in reversed(messages[:-1]):
+        if isinstance(m, Mapping) and m.get("role") == "user":
+            return m.get("content")
+    return None
+
+
+# --- flattened prompt / chosen / rejected strings -------------------------------------------------------------
+
+
+def _pairs(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    prompt = _get(record, "prompt")
+    chosen = _get(record, "chosen")
+    rejected = _get(record, "rejected")
+    system = _get(record, "system", optional=True)
+    head = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    extra = record.get("metadata")
+    if isinstance(extra, Mapping):
+        extra = {k: v for k, v in extra.items() if k not in ("score_chosen", "score_rejected")}
+    if extra:
+        meta["metadata"] = extra
+    return [preference_row(
+        prompt,
+        head + [{"role": "assistant", "content": chosen}],
+        head + [{"role": "assistant", "content": rejected}],
+        score_chosen=_score(record, "score_chosen"), score_rejected=_score(record, "score_rejected"),
+        source=source, source_id=source_id, meta=meta,
+    )]
+
+
+# --- HH-RLHF transcripts ---------------------------------------------------------------------------------------
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+def split_transcript(text: str, field: str) -> list[dict[str, str]]:
+    """An Anthropic HH-RLHF transcript as messages.
+
+    >>> split_transcript("\\n\\nHuman: Hi there\\n\\nAssistant: Hello!", "chosen")
+    [{'role': 'user', 'content': 'Hi there'}, {'role': 'assistant', 'content': 'Hello!'}]
+    """
+    parts = _TURN.split(text)
+    # parts = [before the first marker, speaker, text, speaker, text, ...]
+    if len(parts) < 3 or parts[0].strip():
+        raise RowError("unparseable_transcript", field, "expected turns starting with 'Human:' or 'Assistant:'")
+    return [
+        {"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    ]
+
+
+def _hh_rlhf(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    chosen_text = _get(record, "chosen")
+    rejected_text = _get(record, "rejected")
+    prompt_text = _get(record, "prompt", optional=True)
+    if prompt_text is None:
+        # The original form: chosen and rejected are whole transcripts that share every turn but the last.
+        chosen = split_transcript(chosen_text, "chosen")
+        rejected = split_transcript(rejected_text, "rejected")
+    else:
+        # The split form: a transcript ending with the human turn, and the two last assistant replies.
+        turns = split_transcript(prompt_text, "prompt")
+        if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+            turns = turns[:-1]  # "...\n\nAssistant:" left open for the reply
+        if turns and turns[-1]["role"] != "user":
+            raise RowError("bad_role", "prompt", "the transcript must end with a Human turn")
+        chosen = turns + [{"role": "assistant", "content": chosen_text.strip()}]
+        rejected = turns + [{"role": "assistant", "content": rejected_text.strip()}]
+    row = preference_row(_prompt_from(chosen) or "", chosen, rejected, source=source, source_id=source_id, meta=meta)
+    row["prompt"] = _pair_prompt(row["chosen"], row["rejected"])
+    return [row]
+
+
+def _looks_like_transcript(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith(("Human:", "\n\nHuman:")) or "\n\nAssistant:" in value)
+
+
+# --- Alpaca ---------------------------------------------------------------------------------------------------
+
+
+def _alpaca(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    instruction = _get(record, "instruction")
+    given = _get(record, "input", optional=True)
+    output = _get(record, "output")
+    system = _get(record, "system", optional=True)
+    history = _get(record, "history", list, optional=True) or []
+    messages = [{"role": "system", "content": system}] if system else []
+    for i, turn in enumerate(history):  # LLaMA-Factory's alpaca: [[query, response], ...] before this turn
+        if not (isinstance(turn, list) and len(turn) == 2):
+            raise RowError("bad_type", f"history[{i}]", "expected [query, response]")
+        messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    user = f"{instruction}\n\n{given}" if given and given.strip() else instruction
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return [sft_row(messages, source=source, source_id=source_id, meta=meta)]
+
+
+# --- ShareGPT and LLaMA-Factory preference --------------------------------------------------------------------
+
+
+def _sharegpt_turn(turn: Any, field: str) -> dict[str, Any]:
+    if not isinstance(turn, Mapping):
+        raise RowError("bad_type", field, f"expected {{from, value}}, got {type(turn).__name__}")
+    speaker = turn.get("from", turn.get("role"))
+    role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+    if role is None:
+        raise RowError("bad_role", f"{field}.from", f"{speaker!r} is not one of {', '.join(sorted(SHAREGPT_ROLES))}")
+    return {"role": role, "content": turn.get("value", turn.get("content"))}
+
+
+def _sharegpt_turns(record: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    turns = [_sharegpt_turn(t, f"{key}[{i}]") for i, t in enumerate(_get(record, key, list))]
+    system = _get(record, "system", optional=True)
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _sharegpt(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    return [sft_row(_sharegpt_turns(record, "conversations"), source=source, source_id=source_id, meta=meta)]
+
+
+def _llama_factory(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    turns = _sharegpt_turns(record, "conversations")
+    chosen = turns + [_sharegpt_turn(_get(record, "chosen", dict), "chosen")]
+    rejected = turns + [_sharegpt_turn(_get(record, "rejected", dict), "rejected")]
+    row = preference_row(_prompt_from(chosen) or "", chosen, rejected, source=source, source_id=source_id, meta=meta)
+    row["prompt"] = _pair_prompt(row["chosen"], row["rejected"])
+    return [row]
+
+
+# --- OpenAI messages ------------------------------------------------------------------------------------------
+
+
+def _openai_content(content: Any, field: str) -> Any:
+    """Plain text, or a list of text parts ({"type": "text", "text": ...}) joined; other parts are refused."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        if not (isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            raise RowError("bad_type", f"{field}[{i}]", "only text content parts are supported")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _openai(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    messages = []
+    for i, m in enumerate(_get(record, "messages", list)):
+        field = f"messages[{i}]"
+        if not isinstance(m, Mapping):
+            raise RowError("bad_type", field, f"expected {{role, content}}, got {type(m).__name__}")
+        role = OPENAI_ROLES.get(m.get("role"), m.get("role"))  # unknown roles fail validation as bad_role
+        messages.append({"role": role, "content": _openai_content(m.get("content"), f"{field}.content")})
+    return [sft_row(messages, source=source, source_id=source_id, meta=meta)]
+
+
+# --- Self-Instruct seed tasks ---------------------------------------------------------------------------------
+
+
+def _self_instruct(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    instruction = _get(record, "instruction")
+    instances = _get(record, "instances", list)
+    if not instances:
+        raise RowError("missing_field", "instances", "the task has no instances")
+    rows = []
+    for k, inst in enumerate(instances):
+        field = f"instances[{k}]"
+        if not isinstance(inst, Mapping):
+            raise RowError("bad_type", field, f"expected {{input, output}}, got {type(inst).__name__}")
+        given = _get(inst, "input", optional=True, field=f"{field}.input")
+        output = _get(inst, "output", field=f"{field}.output")
+        user = f"{instruction}\n\n{given}" if given and given.strip() else instruction
+        # A task with several instances gives one row each, numbered "<task>.<k>"; the usual single one keeps
+        # the task's own source_id.
+        sid = source_id if len(instances) == 1 else f"{source_id}.{k}"
+        rows.append(sft_row([{"role": "user", "content": user}, {"role": "assistant", "content": output}],
+                            source=source, source_id=sid, meta={**meta, "instance": k}))
+    return rows
+
+
+# --- the registry -----------------------------------------------------------------------------------------------
+
+
+def _has(record: Mapping[str, Any], *keys: str) -> bool:
+    return all(k in record for k in keys)
+
+
+ADAPTERS: dict[str, Adapter] = {
+    a.name: a
+    for a in [
+        Adapter("ultrafeedback", "preference",
+                "prompt, chosen/rejected as message lists, score_chosen/score_rejected (also TRL's prompt-list form)",
+                lambda r: _has(r, "chosen", "rejected") and _is_messages(r["chosen"]), _ultrafeedback,
+                frozenset({"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "messages"})),
+        Adapter("llama_factory", "preference", "conversations [{from, value}], chosen {from, value}, rejected {from, value}",
+                lambda r: _has(r, "conversations", "chosen", "rejected") and isinstance(r["chosen"], Mapping),
+                _llama_factory, frozenset({"conversations", "chosen", "rejected", "system"})),
+        Adapter("hh_rlhf", "preference", "'Human:/Assistant:' transcripts: chosen/rejected (+ optional prompt)",
+                lambda r: _has(r, "chosen", "rejected")
+                and (_looks_like_transcript(r.get("prompt")) if "prompt" in r else _looks_like_transcript(r["chosen"])),
+                _hh_rlhf, frozenset({"prompt", "chosen", "rejected"})),
+        Adapter("pairs", "preference", "prompt, chosen, rejected strings; scores at top level or under metadata",
+                lambda r: _has(r, "prompt", "chosen", "rejected") and isinstance(r["chosen"], str), _pairs,
+                frozenset({"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "system", "metadata"})),
+        Adapter("openai", "sft", "messages [{role, content}]",
+                lambda r: "messages" in r and not _has(r, "chosen", "rejected"), _openai, frozenset({"messages"})),
+        Adapter("sharegpt", "sft", "conversations [{from, value}] (+ optional system)",
+                lambda r: "conversations" in r and not _has(r, "chosen", "rejected"), _sharegpt,
+                frozenset({"conversations", "system"})),
+        Adapter("self_instruct", "sft", "instruction, instances [{input, output}] (Self-Instruct seed tasks)",
+                lambda r: _has(r, "instruction", "instances"), _self_instruct, frozenset({"instruction", "instances"})),
+        Adapter("alpaca", "sft", "instruction, input, output (+ optional system, history)",
+                lambda r: _has(r, "instruction", "output"), _alpaca,
+                frozenset({"instruction", "input", "output", "system", "history"})),
+    ]
+}
+
+
+class UnknownFormat(ValueError):
+    """No adapter recognises the record's fields (or an unknown name was forced)."""
+
+
+def formats_help() -> str:
+    """One line per format: its name, row kind and the fields it reads."""
+    return "\n".join(f"  {a.name:<14} {a.kind:<11} {a.fields}" for a in ADAPTERS.values())
+
+
+def get_adapter(name: str) -> Adapter:
+    if name not in ADAPTERS:
+        raise UnknownFormat(f"unknown format {name!r}; the formats are:\n{formats_help()}")
+    return ADAPTERS[name]
+
+
+def detect_format(record: Any) -> Adapter:
+    """The adapter for a record, judged from its fields and their types (first match in ADAPTERS order)."""
+    if isinstance(record, Mapping):
+        for adapter in ADAPTERS.values():
+            if adapter.detect(record):
+                return adapter
+        fields = sorted(record)
+    else:
+        fields = [f"(a {type(record).__name__}, not an object)"]
+    raise UnknownFormat(f"fields {fields} match no format; the formats are:\n{formats_help()}")

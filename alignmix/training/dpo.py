@@ -1,0 +1,234 @@
+"""DPO on a mix's preference rows: TRL's DPOTrainer with a LoRA adapter whose disabled state is the reference.
+
+Losses: `sigmoid` (DPO) and `ipo` are TRL's; `simpo` (reference-free: beta times the length-normalized
+log-probability, minus a target margin gamma) is added here, since TRL 1.16's DPOTrainer has no SimPO loss.
+At each logging step the trainer also records `kl`, the exact KL(policy || reference) summed over the
+completion tokens of the batch, averaged over sequences.
+
+    >>> result = train_dpo("out/uf-mix", "runs/dpo", load_config("dpo", overrides=["max_steps=20"]))  # doctest: +SKIP
+    >>> result["eval"]["after"]["reward_accuracy"]                                                  # doctest: +SKIP
+    0.62
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import DPOConfig, DPOTrainer
+
+from alignmix.training import evaluate as ev
+from alignmix.training.config import DPOTrainConfig
+from alignmix.training.data import TrainingDataError, has_split, preference_examples, read_split
+from alignmix.pipeline.store import write_json
+from alignmix.training.metrics import MetricsCallback
+from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
+from alignmix.training.outputs import (
+    Layout,
+    device_figures,
+    finish_run,
+    last_checkpoint,
+    run_lock,
+    train_figures,
+    trainer_kwargs,
+    write_config,
+)
+
+log = logging.getLogger("alignmix.training")
+
+
+class AlignmixDPOTrainer(DPOTrainer):
+    """DPOTrainer plus the SimPO loss and a KL estimate at logging steps.
+
+    `simpo_gamma` set (not None) switches the loss to SimPO:
+        loss = -log sigmoid(beta * (logp_c/|y_c| - logp_r/|y_r|) - gamma)
+    and the logged rewards are beta * logp/|y| (the reference is not consulted).
+    """
+
+    def __init__(self, *args: Any, simpo_gamma: float | None = None, kl_chunk: int = 2, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.simpo_gamma = simpo_gamma
+        self.kl_chunk = kl_chunk
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.simpo_gamma is None:
+            out = super()._compute_loss(model, inputs, return_outputs)
+        else:
+            out = self._simpo_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        steps = self.args.logging_steps
+        if mode == "eval" or (self.state.global_step + 1) % int(steps) == 0:
+            self._metrics[mode]["kl"].append(self.kl_from_reference(inputs))
+        return out
+
+    def _simpo_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        model_kwargs = {k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
+        shift_mask = completion_mask[..., 1:]
+        logps = outputs.log_probs[:, -shift_mask.size(1) :].sum(dim=1)
+        avg = logps / shift_mask.sum(dim=1).clamp(min=1)
+        avg_c, avg_r = avg.chunk(2, dim=0)
+        logps_c, logps_r = logps.chunk(2, dim=0)
+        loss = -F.logsigmoid(self.beta * (avg_c - avg_r) - self.simpo_gamma).mean()
+
+        r_c, r_r = (self.beta * avg_c).detach(), (self.beta * avg_r).detach()
+        gather = self.accelerator.gather_for_metrics
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+        m = self._metrics[mode]
+        m["num_tokens"] = [self._total_train_tokens]
+        m["rewards/chosen"].append(gather(r_c).mean().item())
+        m["rewards/rejected"].append(gather(r_r).mean().item())
+        m["rewards/accuracies"].append(gather((r_c > r_r).float()).mean().item())
+        m["rewards/margins"].append(gather(r_c - r_r).mean().item())
+        m["logps/chosen"].append(gather(logps_c.detach()).mean().item())
+        m["logps/rejected"].append(gather(logps_r.detach()).mean().item())
+        return loss
+
+    @torch.no_grad()
+    def kl_from_reference(self, inputs: dict[str, torch.Tensor]) -> float:
+        """KL(pi || pi_ref) over the full vocabulary at each completion position, summed per sequence, averaged
+        over the batch's sequences (chosen and rejected). Rows go through in chunks so that the (rows, length,
+        vocab) logits stay small."""
+        model = self.accelerator.unwrap_model(self.model)
+        total, count = 0.0, 0
+        ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        for i in range(0, ids.size(0), self.kl_chunk):
+            sl = slice(i, i + self.kl_chunk)
+            kw = {"input_ids": ids[sl], "attention_mask": attn[sl], "use_cache": False}
+            with self.accelerator.autocast():
+                pol = model(**kw).logits[:, :-1].float().log_softmax(-1)
+                with reference(model):
+                    ref = model(**kw).logits[:, :-1].float().log_softmax(-1)
+            per_token = F.kl_div(ref, pol, log_target=True, reduction="none").sum(-1)
+            total += float((per_token * comp[sl, 1:]).sum())
+            count += ids[sl].size(0)
+        return total / max(count, 1)
+
+
+def build_dpo_trainer(config: DPOTrainConfig, layout: Layout, model: Any, tokenizer: Any,
+                      rows: list[dict[str, Any]], callbacks: list[Any] | None = None) -> AlignmixDPOTrainer:
+    """The trainer for `rows` (prompt/chosen/rejected message lists); wraps `model` in a fresh LoRA adapter."""
+    from datasets import Dataset
+
+    args = DPOConfig(
+        **trainer_kwargs(config, layout),
+        beta=float(config.beta),
+        loss_type=["sigmoid" if config.loss == "simpo" else config.loss],  # simpo: AlignmixDPOTrainer's own loss
+        precompute_ref_log_probs=False,
+    )
+    return AlignmixDPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora),
+        callbacks=callbacks or [],
+        simpo_gamma=config.simpo_gamma if config.loss == "simpo" else None,
+    )
+
+
+def train_dpo(mix_dir: str | Path, out_dir: str | Path, config: DPOTrainConfig | None = None) -> dict[str, Any]:
+    """Train a DPO LoRA adapter on the mix's `train` preference rows; evaluate on `test` before and after.
+
+    Returns the result record (also written to <out>/result.json): paths (adapter, merged, metrics, plots,
+    model_card), `eval` {before, after}, `generations`, `warnings`, `train` figures, `config`.
+    """
+    config = config or DPOTrainConfig()
+    layout = Layout(out_dir)
+    with run_lock(layout):
+        return _train_dpo(mix_dir, layout, config)
+
+
+def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> dict[str, Any]:
+    write_config(config, layout, "dpo")
+    train = preference_examples(read_split(mix_dir, "train", "preference", config.max_train_rows))
+    if not train.rows:
+        raise TrainingDataError(f"{mix_dir}: no usable preference rows in train ({train.rejected_counts()})")
+    test_rows = []
+    if config.eval_rows and has_split(mix_dir, "test"):
+        test_rows = preference_examples(read_split(mix_dir, "test", "preference", config.eval_rows)).rows
+
+    model, tokenizer, base_path = load_policy(config, layout.root)
+    metrics_cb = MetricsCallback(
+        layout.metrics,
+        warn_kl=config.warn_kl,
+        warn_margin_growth=config.warn_margin_growth,
+        warn_chosen_logps_drop=config.warn_chosen_logps_drop,
+    )
+    trainer = build_dpo_trainer(config, layout, model, tokenizer, train.rows, [metrics_cb])
+    policy = trainer.model
+    beta = float(config.beta)
+
+    # Before: the policy at step 0 is the reference (a fresh LoRA adds zero), so score with the adapter disabled;
+    # that holds on resume too.
+    tokenized = ev.tokenize_pairs(tokenizer, test_rows, config.max_length)
+    prompts = [r["prompt"] for r in test_rows][: config.generations]
+    with reference(policy):
+        ref_scores = ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size)
+    before = ev.preference_metrics(ref_scores, ref_scores, beta, config.loss)
+    gen_before = ev.generations_with_reference(policy, tokenizer, prompts, config.max_new_tokens)
+    initial = lora_state(policy)
+
+    resume_from = last_checkpoint(layout) if config.resume else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    figures = train_figures(trainer, started)
+
+    after = ev.preference_metrics(ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size),
+                                  ref_scores, beta, config.loss)
+    gen_after = ev.generate(policy, tokenizer, prompts, config.max_new_tokens)
+    result = finish_run(
+        "dpo", layout, config, mix_dir, base_path, policy, tokenizer, before, after,
+        generations=[{"prompt": p[-1]["content"], "before": b, "after": a}
+                     for p, b, a in zip(prompts, gen_before, gen_after)],
+        warnings=metrics_cb.warnings,
+        train={
+            **figures,
+            **device_figures(policy),
+            "rows": len(train.rows),
+            "rows_set_aside": train.rejected_counts(),
+            "resumed_from": resume_from,
+            "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
+        },
+    )
+    log.info("dpo: %s steps, test reward accuracy %s -> %s", figures["steps"], before.get("reward_accuracy"),
+             after.get("reward_accuracy"))
+    return result
+
+
+SWEEP_BETAS = (0.05, 0.1, 0.5)
+SWEEP_COLUMNS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "kl", "loss")
+
+
+def beta_sweep(mix_dir: str | Path, out_dir: str | Path, config: DPOTrainConfig | None = None,
+               betas: tuple[float, ...] = SWEEP_BETAS) -> dict[str, Any]:
+    """DPO at each beta on the same data (same seed), one run per `<out>/beta-<b>`; the final training
+    metrics and held-out figures side by side, also written to `<out>/sweep.json`.
+
+    A smaller beta lets the policy move further from the reference: larger margins and KL, and usually a
+    higher train reward accuracy that may or may not carry over to the test split.
+    """
+    config = config or DPOTrainConfig()
+    rows = []
+    for b in betas:
+        run = train_dpo(mix_dir, Path(out_dir) / f"beta-{b:g}", config.model_copy(update={"beta": b}))
+        final = run["train"]["final"]
+        rows.append({
+            "beta": b,
+            **{k: final.get(k) for k in SWEEP_COLUMNS},
+            "test_reward_accuracy": run["eval"]["after"].get("reward_accuracy"),
+            "test_logp_accuracy": run["eval"]["after"].get("logp_accuracy"),
+            "warnings": len(run["warnings"]),
+            "out_dir": run["out_dir"],
+        })
+    sweep = {"mix": str(mix_dir), "loss": config.loss, "betas": list(betas), "runs": rows}
+    write_json(Path(out_dir) / "sweep.json", sweep)
+    return sweep

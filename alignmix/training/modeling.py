@@ -1,0 +1,165 @@
+"""Loading the policy (full precision on CPU, bf16 or 4-bit NF4 on CUDA), the LoRA config, the reference
+(the same model with its adapter disabled), sequence log-probabilities, and merging an adapter.
+
+bitsandbytes is imported only when 4-bit is asked for, and only CUDA machines have it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignmix.pipeline.models import resolve_model
+from alignmix.training.config import LoraSettings, TrainConfig
+
+
+def wants_4bit(config: TrainConfig) -> bool:
+    if config.quantize == "4bit":
+        if not torch.cuda.is_available():
+            raise RuntimeError("quantize=4bit (QLoRA) needs a CUDA GPU; use quantize=none (LoRA) on this machine")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise RuntimeError("quantize=4bit needs bitsandbytes: pip install 'alignmix[cuda]'")
+        return True
+    return config.quantize == "auto" and torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 on a GPU that has it, float32 on CPU (CPU bf16 matmuls are slow and lossy for a 135M model)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def adapter_base(folder: str | Path) -> str | None:
+    """The base model an adapter folder was trained on, or None when `folder` is not an adapter."""
+    cfg = Path(folder) / "adapter_config.json"
+    if not cfg.exists():
+        return None
+    return json.loads(cfg.read_text())["base_model_name_or_path"]
+
+
+def load_tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{model_path} has no chat template; alignmix trains chat models on conversations")
+    return tokenizer
+
+
+def load_policy(config: TrainConfig, work_dir: str | Path) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base path). A LoRA adapter folder (an SFT output) is first merged into its base and
+    saved to `<work_dir>/base`, so that a following DPO run's reference (adapter disabled) is the SFT model and
+    its own adapter names a base that exists on disk."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(config.model)
+    if (Path(path) / "adapter" / "adapter_config.json").exists():
+        path = str(Path(path) / "adapter")  # an alignmix output folder
+    if adapter_base(path) is not None:
+        merged = Path(work_dir) / "base"
+        if not (merged / "config.json").exists():
+            merge_adapter(path, merged)
+        path = str(merged)
+    kwargs: dict[str, Any] = {"dtype": compute_dtype()}
+    four_bit = wants_4bit(config)
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    elif torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if four_bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    return model, load_tokenizer(path), path
+
+
+def lora_config(settings: LoraSettings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+@contextlib.contextmanager
+def reference(model: Any) -> Iterator[Any]:
+    """The reference policy: the same model with every adapter disabled (no second copy in memory)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def lora_state(model: Any) -> dict[str, torch.Tensor]:
+    """A detached copy of the LoRA weights (to check that training changed them)."""
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def delta_norm(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    """The L2 norm of how far training moved the LoRA weights."""
+    return round(sum(float((after[k] - before[k]).norm() ** 2) for k in after) ** 0.5, 6)
+
+
+@torch.no_grad()
+def completion_logps(model: Any, batch: list[dict[str, list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence (sum of completion-token log-probs, completion length) for rows of prompt_ids + completion_ids.
+
+    Right-padded, so positions match an unpadded forward exactly.
+    """
+    device = next(model.parameters()).device
+    seqs = [r["prompt_ids"] + r["completion_ids"] for r in batch]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    comp = torch.zeros_like(ids)
+    for i, (r, s) in enumerate(zip(batch, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        comp[i, len(r["prompt_ids"]) : len(s)] = 1
+    ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = comp[:, 1:].float()
+    return (logp * mask).sum(-1).cpu(), mask.sum(-1).cpu()
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Reload the adapter's base in full precision (never 4-bit: merging into NF4 is lossy), merge, save."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = adapter_base(adapter_dir)
+    if base is None:
+        raise ValueError(f"{adapter_dir} holds no adapter_config.json")
+    dtype = torch.bfloat16 if compute_dtype() == torch.bfloat16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir)
+    has_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").exists()
+    load_tokenizer(str(adapter_dir) if has_tokenizer else resolve_model(base)).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,142 @@
+"""Exact and near-duplicate stages on designed rows, SFT fields, and the data-juicer demo duplicates."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from alignmix.filters.exact_dedup import ExactDedup
+from alignmix.filters.minhash import shingles, sketch
+from alignmix.filters.near_dedup import NearDedup, NearDedupConfig, candidate_pairs, near_duplicate_clusters
+from alignmix.pipeline.schema import sft_row, to_frame
+from tests.filters.rows import by_source_id, jsonl, pref, prefs, sft, sfts
+from tests.stage_contract import assert_stage_contract
+
+EXPECTED_EXACT = ["11"]  # a copy of row 6
+EXPECTED_NEAR = ["10", "13", "8"]  # row 8 ~ 7, 10 ~ 9 (7 and 9 differ in their second half), 13 ~ 12
+
+BASE = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle that was sent "
+    "from the future, and describe how the message changes the way she looks after the light every night"
+)
+
+
+def test_exact_dedup_drops_normalized_copies_with_the_kept_id():
+    frame = prefs(
+        pref(0, "a", "b", prompt="Hello  World"),
+        pref(1, "c", "d", prompt="hello world"),
+        pref(2, "e", "f", prompt="HELLO\u00a0WORLD\n"),
+        pref(3, "g", "h", prompt="something else"),
+    )
+    kept, rejected, stats = assert_stage_contract(ExactDedup(), frame)
+    first_id = frame["id"][0]
+    assert by_source_id(rejected) == {"1": ("exact_duplicate", first_id), "2": ("exact_duplicate", first_id)}
+    assert stats.dropped == {"exact_duplicate": 2}
+    assert kept["exact_cluster"].to_list() == [0, None]
+    assert kept["exact_cluster_size"].to_list() == [3, 1]
+
+
+def test_exact_dedup_keeps_the_highest_score():
+    frame = prefs(
+        pref(0, "a", "b", prompt="same prompt", sc=5.0),
+        pref(1, "c", "d", prompt="Same prompt", sc=9.0),
+        pref(2, "e", "f", prompt="same  prompt", sc=None),
+    )
+    kept, rejected, _ = assert_stage_contract(ExactDedup({"keep": "highest_score"}), frame)
+    assert kept["source_id"].to_list() == ["1"]
+    assert by_source_id(rejected) == {"0": ("exact_duplicate", frame["id"][1]), "2": ("exact_duplicate", frame["id"][1])}
+
+
+def test_exact_dedup_on_sft_fields():
+    frame = sfts(
+        sft(0, "What is 2+2?", "4"),
+        sft(1, "what is 2+2?", "Four."),
+        sft(2, "what is 2+2?", "Four.", system="Be brief."),
+    )
+    _, rejected, _ = assert_stage_contract(ExactDedup({"field": "first_user"}), frame)
+    assert sorted(rejected["source_id"]) == ["1", "2"]
+    _, rejected, _ = assert_stage_contract(ExactDedup({"field": "conversation"}), frame)
+    assert rejected["source_id"].to_list() == []
+    _, rejected, _ = assert_stage_contract(ExactDedup({"field": "response"}), frame)
+    assert by_source_id(rejected) == {"2": ("exact_duplicate", frame["id"][1])}
+
+
+def test_near_dedup_drops_a_close_copy_and_keeps_a_distant_one():
+    near = BASE.replace("every night", "each night")  # one word changed near the end: Jaccard 0.88
+    far = BASE.replace("lighthouse keeper", "baker").replace("bottle", "loaf").replace("future", "past")
+    frame = prefs(pref(0, "x", "y", prompt=BASE), pref(1, "x", "y", prompt=near), pref(2, "x", "y", prompt=far),
+                  pref(3, "x", "y", prompt="an unrelated prompt about tax law in nineteenth century France"))
+    kept, rejected, stats = assert_stage_contract(NearDedup(), frame)
+    assert by_source_id(rejected) == {"1": ("near_duplicate", frame["id"][0])}
+    assert rejected["dup_cluster"].to_list() == [0]
+    a, b = set(shingles(BASE, 5)), set(shingles(near, 5))
+    assert rejected["dup_similarity"][0] == pytest.approx(len(a & b) / len(a | b))
+    assert 0.8 < len(a & b) / len(a | b) < 0.9
+    assert kept["dup_cluster"].to_list() == [0, None, None]
+    assert stats.config["bands"] == 17 and stats.config["rows"] == 7
+    assert stats.distributions["lsh"]["bands"] == 17
+
+
+def test_near_dedup_keeps_the_highest_score_and_records_the_cluster():
+    frame = prefs(
+        pref(0, "x", "y", prompt=BASE, sc=3.0),
+        pref(1, "x", "y", prompt=BASE + " please", sc=8.0),
+        pref(2, "x", "y", prompt=BASE + " thanks", sc=8.0),
+    )
+    kept, rejected, _ = assert_stage_contract(NearDedup({"keep": "highest_score"}), frame)
+    assert kept["source_id"].to_list() == ["1"]  # 8.0 twice: the first of the two
+    assert by_source_id(rejected) == {"0": ("near_duplicate", frame["id"][1]), "2": ("near_duplicate", frame["id"][1])}
+    assert rejected["dup_cluster"].to_list() == [0, 0]
+
+
+def test_near_dedup_on_sft_conversations_and_empty_text_never_clusters():
+    # The same words with other punctuation: not an exact duplicate, a near one (Jaccard 1.0).
+    frame = sfts(sft(0, BASE, "Once upon a time."), sft(1, BASE, "Once upon a time!"))
+    _, rejected, _ = assert_stage_contract(ExactDedup({"field": "conversation"}), frame)
+    assert rejected.height == 0
+    _, rejected, _ = assert_stage_contract(NearDedup({"field": "conversation"}), frame)
+    assert by_source_id(rejected) == {"1": ("near_duplicate", frame["id"][0])}
+    assert rejected["dup_similarity"].to_list() == [1.0]
+    # Rows whose compared text has no words have empty signatures and are never duplicates of each other.
+    frame = sfts(sft(0, "???", "a"), sft(1, "!!!", "b"))
+    _, rejected, _ = assert_stage_contract(NearDedup(), frame)
+    assert rejected.height == 0
+
+
+def test_config_writes_bands_and_rows_and_rejects_half_settings():
+    assert (NearDedupConfig().bands, NearDedupConfig().rows) == (17, 7)
+    assert (NearDedupConfig(lsh_weights=(0.5, 0.5)).bands, NearDedupConfig(lsh_weights=(0.5, 0.5)).rows) == (9, 13)
+    assert NearDedupConfig(bands=32, rows=4).bands == 32
+    with pytest.raises(ValueError, match="both bands and rows"):
+        NearDedupConfig(bands=8)
+
+
+def test_shards_give_the_same_clusters_as_one_batch():
+    texts = [BASE, "x y z " * 5, BASE + " ok", "tiny", BASE.upper(), "other text " * 4]
+    cfg = NearDedupConfig()
+    whole = near_duplicate_clusters(sketch(texts), cfg)[0]
+    from alignmix.filters.minhash import concat_sketches
+
+    sharded = near_duplicate_clusters(concat_sketches([sketch(texts[:3]), sketch(texts[3:])]), cfg)[0]
+    assert whole.tolist() == sharded.tolist() == [0, 1, 0, 3, 0, 5]
+
+
+def test_data_juicer_demo_duplicates(shared_data):
+    texts = [r["text"] for r in jsonl(shared_data / "dedup" / "demo-dataset-deduplication.jsonl")]
+    # Distinct answers give each row its own id, so copies of a text are still different rows.
+    rows = [sft_row([{"role": "user", "content": t}, {"role": "assistant", "content": f"ok {i}"}], source="dj", source_id=str(i))
+            for i, t in enumerate(texts)]
+    frame = to_frame(rows, "sft")
+    exact_kept, exact_rej, _ = assert_stage_contract(ExactDedup(), frame)
+    near_kept, near_rej, _ = assert_stage_contract(NearDedup({"threshold": 0.7}), exact_kept)
+    # Reference: Python sets of the same shingles, all pairs, at the same threshold.
+    prompts = {str(i): t for i, t in enumerate(texts)}
+    sets = {sid: set(shingles(prompts[sid], 5)) for sid in exact_kept["source_id"]}
+    ids = list(sets)
+    expected_dups = set()
+    for a in range(len(ids)):
+        for b in range(a + 1, len(ids)):
+            s, t = sets[ids[a]], sets[ids[b]]
+            if s and t and len(s & t) / len(s | t) >= 0.7:
+                expected_dups.add(ids[b])
+    assert exact_rej["source_id"].to_list() == EXPECTED_EXACT
+    assert sorted(near_rej["source_id"]) == sorted(expected_dups) == EXPECTED_NEAR

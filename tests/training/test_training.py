@@ -1,0 +1,286 @@
+"""Training: configs, the assistant-only loss mask, the metric warnings, and (slow) LoRA SFT then DPO on the
+default model over mixes built from real data, with resume; a QLoRA run on CUDA machines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from alignmix.pipeline.schema import to_frame
+from alignmix.training.config import ConfigError, load_config
+from alignmix.training.data import preference_examples, tokenize_sft
+from alignmix.training.evaluate import ScoredPairs, preference_metrics
+from alignmix.training.metrics import DPO_KEYS, check_signals, read_metrics
+
+from .conftest import alpaca_records, uf_pairs
+
+THRESHOLDS = {"warn_kl": 10.0, "warn_margin_growth": 0.5, "warn_chosen_logps_drop": 0.25}
+# Small enough for 2 shared CPU cores: short sequences, one or two rows per step, a few steps.
+TINY = ["batch_size=2", "max_length=96", "warmup_ratio=0", "eval_rows=4", "generations=1", "max_new_tokens=8"]
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_follow_common_practice():
+    sft, dpo = load_config("sft"), load_config("dpo")
+    assert (sft.lora.r, sft.lora.alpha, sft.lora.dropout, sft.lora.target_modules) == (16, 32, 0.05, "all-linear")
+    assert sft.learning_rate == 2e-4
+    assert (dpo.loss, dpo.beta, dpo.learning_rate, dpo.num_epochs) == ("sigmoid", 0.1, 5e-6, 1.0)
+    assert load_config("dpo", overrides=["loss=simpo"]).beta == 2.0  # SimPO's own scale
+    assert load_config("dpo", overrides=["loss=simpo"]).simpo_gamma == 1.0
+    assert all(f.description for f in type(dpo).model_fields.values())  # every field carries its help text
+
+
+def test_config_yaml_then_overrides(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("dpo:\n  beta: 0.3\n  max_steps: 7\n  lora: {r: 4}\n")
+    cfg = load_config("dpo", path, ["max_steps=9", "lora.target_modules=[q_proj, v_proj]"])
+    assert (cfg.beta, cfg.max_steps, cfg.lora.r, cfg.lora.target_modules) == (0.3, 9, 4, ["q_proj", "v_proj"])
+
+
+def test_config_errors_name_field_value_and_fix():
+    with pytest.raises(ConfigError) as err:
+        load_config("dpo", overrides=["lora.rank=8", "beta=-1"])
+    msg = str(err.value)
+    assert "dpo.lora.rank = 8: Extra inputs are not permitted (fix:" in msg
+    assert "dpo.beta = -1: Input should be greater than 0" in msg
+    with pytest.raises(ConfigError, match="has no '='"):
+        load_config("sft", overrides=["max_steps"])
+
+
+# --- the loss mask ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from alignmix.pipeline.models import resolve_model
+    from alignmix.training.modeling import load_tokenizer
+
+    return load_tokenizer(resolve_model("default"))
+
+
+def test_assistant_mask_covers_exactly_the_assistant_tokens(tokenizer, shared_data):
+    a, b = alpaca_records(shared_data, 2)
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": a["instruction"]},
+        {"role": "assistant", "content": a["output"]},
+        {"role": "user", "content": b["instruction"]},
+        {"role": "assistant", "content": b["output"]},
+    ]
+    enc = tokenize_sft(tokenizer, messages)
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    # The whole rendered conversation is there, and the masked tokens are exactly each assistant turn's
+    # content followed by its end-of-turn token, in order: nothing of the system/user turns, no role headers.
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    masked = [t for t, m in zip(ids, mask) if m]
+    expected = []
+    for m in messages:
+        if m["role"] == "assistant":
+            expected += tokenizer(m["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert masked == expected
+    # Each masked run starts right after "<|im_start|>assistant\n" and ends on <|im_end|>.
+    runs = [i for i in range(len(ids)) if mask[i] and (i == 0 or not mask[i - 1])]
+    assert len(runs) == 2
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    for start in runs:
+        assert ids[start - len(header) : start] == header
+    ends = [i for i in range(len(ids)) if mask[i] and (i + 1 == len(ids) or not mask[i + 1])]
+    assert [ids[i] for i in ends] == [tokenizer.convert_tokens_to_ids("<|im_end|>")] * 2
+
+
+def test_assistant_mask_is_truncated_with_the_ids(tokenizer):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, friend."}]
+    full = tokenize_sft(tokenizer, messages)
+    cut = tokenize_sft(tokenizer, messages, max_length=len(full["input_ids"]) - 3)
+    assert cut["input_ids"] == full["input_ids"][:-3] and cut["assistant_masks"] == full["assistant_masks"][:-3]
+
+
+# --- data, metrics and warnings ---------------------------------------------------------------------------
+
+
+def test_preference_rows_become_prompt_chosen_rejected_and_mismatches_get_a_reason():
+    u = {"role": "user", "content": "Name a colour."}
+    good = {"id": "a", "chosen": [u, {"role": "assistant", "content": "Blue."}],
+            "rejected": [u, {"role": "assistant", "content": "No."}]}
+    bad = {"id": "b", "chosen": [u, {"role": "assistant", "content": "Red."}],
+           "rejected": [{"role": "user", "content": "Other."}, {"role": "assistant", "content": "No."}]}
+    rows = [{**r, "prompt": "p", "score_chosen": None, "score_rejected": None, "source": "t", "source_id": "0",
+             "meta": "{}"} for r in (good, bad)]
+    prepared = preference_examples(to_frame(rows, "preference"))
+    assert prepared.rows == [{"id": "a", "prompt": [u], "chosen": [good["chosen"][1]],
+                              "rejected": [good["rejected"][1]]}]
+    assert prepared.rejected_counts() == {"prompt_mismatch": 1}
+    assert prepared.rejected[0]["id"] == "b"
+
+
+def test_each_warning_fires_on_the_signal_built_to_trip_it():
+    first = {"step": 1, "rewards/margins": 0.0, "logps/chosen": -100.0, "kl": 0.0}
+    calm = {"step": 5, "rewards/margins": 1.0, "logps/chosen": -110.0, "kl": 2.0}
+    assert check_signals(first, first, calm, **THRESHOLDS) == []
+    fast = {"step": 5, "rewards/margins": 2.5, "logps/chosen": -110.0, "kl": 2.0}  # 0.625 per step
+    assert [w["code"] for w in check_signals(first, first, fast, **THRESHOLDS)] == ["margins_fast"]
+    falling = {"step": 5, "rewards/margins": 1.0, "logps/chosen": -126.0, "kl": 2.0}  # down 26 %
+    assert [w["code"] for w in check_signals(first, first, falling, **THRESHOLDS)] == ["chosen_logps_falling"]
+    far = {"step": 5, "rewards/margins": 1.0, "logps/chosen": -100.0, "kl": 10.5}
+    assert [w["code"] for w in check_signals(first, first, far, **THRESHOLDS)] == ["kl_high"]
+
+
+def test_preference_accuracy_counts_ties_as_half_and_dpo_rewards_are_relative_to_the_reference():
+    ref = ScoredPairs(torch.tensor([-10.0, -10.0, -10.0]), torch.tensor([5.0] * 3),
+                      torch.tensor([-12.0, -8.0, -10.0]), torch.tensor([5.0] * 3))
+    assert preference_metrics(ref, ref, 0.1, "sigmoid") == {
+        "pairs": 3, "reward_accuracy": 0.5, "reward_margin": 0.0, "logp_accuracy": 0.5}
+    moved = ScoredPairs(torch.tensor([-9.0, -9.0, -11.0]), torch.tensor([5.0] * 3),
+                        torch.tensor([-12.0, -8.0, -10.0]), torch.tensor([5.0] * 3))
+    got = preference_metrics(moved, ref, 0.1, "sigmoid")  # margins: +0.1, +0.1, -0.1
+    assert (got["reward_accuracy"], got["reward_margin"]) == (0.666667, 0.033333)  # rounded to 6 places
+
+
+# --- slow: real model, real data ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sft_run(sft_mix, tmp_path_factory):
+    from alignmix.training import train_sft
+
+    out = tmp_path_factory.mktemp("sft-run")
+    return train_sft(sft_mix, out, load_config("sft", overrides=[*TINY, "max_steps=3", "learning_rate=1e-3"]))
+
+
+@pytest.fixture(scope="module")
+def dpo_run(pref_mix, sft_run, tmp_path_factory):
+    from alignmix.training import train_dpo
+
+    out = tmp_path_factory.mktemp("dpo-run")
+    cfg = load_config("dpo", overrides=[*TINY, f"model={sft_run['out_dir']}", "max_steps=2", "save_steps=1",
+                                         "learning_rate=1e-3", "batch_size=1"])
+    return train_dpo(pref_mix, out, cfg)
+
+
+def _lora_b(adapter_dir: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(Path(adapter_dir) / "adapter_model.safetensors").items() if "lora_B" in k}
+
+
+@pytest.mark.slow
+def test_sft_trains_the_adapter_on_assistant_tokens(sft_run):
+    # lora_B starts at zero: every one of them nonzero means every targeted linear layer was trained.
+    lora_b = _lora_b(sft_run["adapter"])
+    assert len(lora_b) == 30 * 7  # 30 layers x (q, k, v, o, gate, up, down): "all-linear"
+    assert all(float(t.abs().sum()) > 0 for t in lora_b.values())
+    assert sft_run["train"]["adapter_delta_norm"] > 0
+    assert sft_run["train"]["steps"] == 3 and sft_run["train"]["rows"] == 8
+    assert sft_run["eval"]["before"]["rows"] == 4 and sft_run["eval"]["after"]["rows"] == 4
+    assert sft_run["eval"]["after"]["nll_per_token"] != sft_run["eval"]["before"]["nll_per_token"]
+    steps = [r["step"] for r in read_metrics(sft_run["metrics"]) if "warnings" in r]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sft_trainer_labels_equal_the_assistant_mask(sft_run, sft_mix):
+    """What SFTTrainer trains on (labels != -100) is exactly our assistant mask, row by row."""
+    from alignmix.training.data import read_split, sft_examples
+    from alignmix.training.modeling import load_policy
+    from alignmix.training.outputs import Layout
+    from alignmix.training.sft import build_sft_trainer
+
+    cfg = load_config("sft", overrides=TINY)
+    model, tok, _ = load_policy(cfg, sft_run["out_dir"])
+    prepared = sft_examples(read_split(sft_mix, "train", "sft"), tok, cfg.max_length)
+    trainer = build_sft_trainer(cfg, Layout(Path(sft_run["out_dir"]) / "labels-check"), model, tok, prepared.rows, [])
+    assert len(trainer.train_dataset) == len(prepared.rows) == 8
+    for row, prepared_row in zip(trainer.train_dataset, prepared.rows):
+        trained = [int(label != -100) for label in row["labels"]]
+        assert row["input_ids"] == prepared_row["input_ids"]
+        assert trained == prepared_row["assistant_masks"]
+
+
+@pytest.mark.slow
+def test_dpo_after_sft_writes_metrics_eval_card_and_changes_the_adapter(dpo_run, sft_run, pref_mix):
+    assert dpo_run["base_model"] == str(Path(dpo_run["out_dir"]) / "base")  # the merged SFT model
+    assert all(float(t.abs().sum()) > 0 for t in _lora_b(dpo_run["adapter"]).values())
+    steps = [r for r in read_metrics(dpo_run["metrics"]) if "warnings" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for record in steps:
+        assert set(DPO_KEYS) <= set(record), set(DPO_KEYS) - set(record)
+    # Step 1 runs before any update: policy == reference, so rewards and KL are zero.
+    assert steps[0]["rewards/margins"] == 0.0 and steps[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert steps[1]["kl"] > 0
+    before, after = dpo_run["eval"]["before"], dpo_run["eval"]["after"]
+    assert before["pairs"] == after["pairs"] == 4
+    assert before["reward_accuracy"] == 0.5 and before["reward_margin"] == 0.0
+    assert after["reward_margin"] != 0.0
+    assert len(dpo_run["generations"]) == 1 and set(dpo_run["generations"][0]) == {"prompt", "before", "after"}
+    assert {Path(p).name for p in dpo_run["plots"]} >= {"loss.png", "rewards.png", "kl.png", "logps.png"}
+    card = Path(dpo_run["model_card"]).read_text()
+    assert card.startswith("---\nlibrary_name: peft\n")
+    data_card = os.path.relpath(Path(pref_mix).resolve() / "README.md", Path(dpo_run["out_dir"]).resolve())
+    assert f"its data card: [{data_card}]({data_card})" in card
+    assert orjson.loads(Path(dpo_run["out_dir"], "result.json").read_bytes())["eval"] == dpo_run["eval"]
+
+
+@pytest.mark.slow
+def test_dpo_resumes_from_its_last_checkpoint(dpo_run, pref_mix, sft_run):
+    from alignmix.training import train_dpo
+
+    cfg = load_config("dpo", overrides=[*TINY, f"model={sft_run['out_dir']}", "max_steps=3", "save_steps=1",
+                                         "learning_rate=1e-3", "batch_size=1", "eval_rows=0", "generations=0"])
+    again = train_dpo(pref_mix, dpo_run["out_dir"], cfg)
+    assert Path(again["train"]["resumed_from"]).name == "checkpoint-2"
+    assert again["train"]["steps"] == 3
+    steps = [r["step"] for r in read_metrics(again["metrics"]) if "warnings" in r]
+    assert steps == [1, 2, 3]  # the two earlier lines kept, none twice
+
+
+@pytest.mark.slow
+def test_reference_logps_equal_the_base_models(dpo_run, pref_mix):
+    """The trainer's reference (the policy with its adapter disabled) scores a batch exactly as a fresh copy
+    of the base model does, even after the adapter has moved the policy away from it."""
+    from transformers import AutoModelForCausalLM
+
+    from alignmix.training.data import read_split
+    from alignmix.training.dpo import build_dpo_trainer
+    from alignmix.training.modeling import completion_logps, load_policy
+    from alignmix.training.outputs import Layout
+
+    cfg = load_config("dpo", overrides=[*TINY, f"model={dpo_run['base_model']}"])
+    model, tok, base_path = load_policy(cfg, Path(dpo_run["out_dir"]) / "ref-check")
+    rows = preference_examples(read_split(pref_mix, "train", "preference", 2)).rows
+    trainer = build_dpo_trainer(cfg, Layout(Path(dpo_run["out_dir"]) / "ref-check"), model, tok, rows)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy: random lora_B
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    seqs = []  # the batch's rows unpadded: [chosen..., rejected...], prompt then completion
+    for ids, comp, attn in zip(*(batch[k].tolist() for k in ("input_ids", "completion_mask", "attention_mask"))):
+        start, end = comp.index(1), sum(attn)
+        seqs.append({"prompt_ids": ids[:start], "completion_ids": ids[start:end]})
+    base_logps, _ = completion_logps(base, seqs, tok.pad_token_id)
+    policy_logps, _ = completion_logps(trainer.model, seqs, tok.pad_token_id)
+    torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]).cpu(), base_logps, atol=2e-3, rtol=1e-5)
+    assert (policy_logps - base_logps).abs().max() > 1e-2  # the adapter is on outside the reference
+
+
+@pytest.mark.cuda
+def test_qlora_sft_uses_4bit_layers_and_reports_peak_memory(sft_mix, tmp_path):
+    from alignmix.training import train_sft
+
+    result = train_sft(sft_mix, tmp_path, load_config("sft", overrides=[*TINY, "max_steps=3", "quantize=4bit"]))
+    figures = result["train"]
+    print(f"QLoRA SFT: {figures['linear4bit_layers']} Linear4bit layers, peak GPU memory "
+          f"{figures['peak_gpu_memory_mib']} MiB, {figures['tokens_per_s']} tokens/s")
+    assert figures["linear4bit_layers"] == 30 * 7
+    assert figures["peak_gpu_memory_mib"] > 0
+    assert all(float(t.abs().sum()) > 0 for t in _lora_b(result["adapter"]).values())
