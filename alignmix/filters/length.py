@@ -35,9 +35,9 @@ class LengthConfig(StageConfig):
         2.0, gt=1.0, description="drop pairs whose len(chosen)/len(rejected) is above this or below its inverse"
     )
     balance: bool = Field(
-        False, description="subsample so that within each length bucket chosen is the longer one in about half the pairs"
+        False, description="subsample so that in each length bucket chosen is the longer one in about half the pairs"
     )
-    balance_buckets: int = Field(5, ge=1, description="length buckets (quantiles of the pair's mean length) for balance")
+    balance_buckets: int = Field(5, ge=1, description="length buckets for balance: quantiles of a pair's mean length")
     seed: int = Field(0, description="seed of the balancing subsample")
 
 
@@ -51,13 +51,14 @@ class _Counter:
 
     def expr(self, text: pl.Expr) -> pl.Expr | None:
         if self.unit == "words":
-            return text.str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
+            words = text.str.replace_all(r"\s+", " ").str.split(" ")
+            return words.list.eval(pl.element().filter(pl.element() != "")).list.len()
         if self.unit == "chars":
             return text.str.len_chars()
         return None
 
     def count(self, frame: pl.DataFrame, text: pl.Expr, name: str) -> pl.Series:
-        expr = self.expr(text.str.replace_all(r"\s+", " "))
+        expr = self.expr(text)
         if expr is not None:
             return frame.select(expr.cast(pl.Int64).alias(name)).to_series()
         if self._tok is None:
@@ -152,7 +153,8 @@ class LengthFilter(Stage[LengthConfig]):
                 return
             hit = pl.col(col) < bound if low else pl.col(col) > bound
             op = " < " if low else " > "
-            scored = decide(scored, hit, reason, pl.lit(f"{label}: ") + pl.col(col).cast(pl.String) + pl.lit(f"{op}{bound}"))
+            detail = pl.lit(f"{label}: ") + pl.col(col).cast(pl.String) + pl.lit(f"{op}{bound}")
+            scored = decide(scored, hit, reason, detail)
 
         limit("prompt_len", cfg.min_prompt, True, "prompt_too_short", "prompt")
         limit("prompt_len", cfg.max_prompt, False, "prompt_too_long", "prompt")
@@ -176,7 +178,9 @@ class LengthFilter(Stage[LengthConfig]):
                 cfg.balance_buckets,
                 cfg.seed,
             )
-            scored = scored.with_columns(pl.Series("_bal", drop), pl.Series("_bal_detail", detail.tolist(), dtype=pl.String))
+            scored = scored.with_columns(
+                pl.Series("_bal", drop), pl.Series("_bal_detail", detail.tolist(), dtype=pl.String)
+            )
             scored = decide(scored, pl.col("_bal"), "length_balance", pl.col("_bal_detail")).drop("_bal", "_bal_detail")
         return scored
 

@@ -160,7 +160,9 @@ def signature_jaccard(pairs: np.ndarray, signatures: np.ndarray) -> np.ndarray:
     return (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1)
 
 
-def verify_pairs(pairs: np.ndarray, sk: Sketch, threshold: float, method: Verify = "exact") -> tuple[np.ndarray, np.ndarray]:
+def verify_pairs(
+    pairs: np.ndarray, sk: Sketch, threshold: float, method: Verify = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep candidate pairs whose similarity (exact, or estimated from signatures) is at least `threshold`.
 
     Returns (pairs, similarities); with method "none" every candidate stays, with its signature estimate.

@@ -27,7 +27,6 @@ empty datasketch MinHash). Two shingle hash functions:
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,7 +44,7 @@ WORD_PATTERN = r"\w+"
 _FOLD = np.uint32(0x9E3779B9)
 _FOLD_INT = int(_FOLD)
 # Shingles per block of the permutation step: (num_perm x block) uint32 stays within a few MiB of cache.
-_BLOCK = 16_384
+_BLOCK = 8_192
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def _shingles_of(w: list[str], ngram: int) -> list[bytes]:
 
 
 def shingle_hash32(shingle: bytes) -> int:
-    """The "tabulation" shingle hash of one shingle (words joined by single spaces), for `datasketch.MinHash(hashfunc=)`."""
+    """The "tabulation" hash of one shingle (words joined by single spaces), for `datasketch.MinHash(hashfunc=)`."""
     h = 0
     for word in shingle.split(b" "):
         h = (h * _FOLD_INT + word_hash32(word)) & 0xFFFFFFFF
@@ -123,20 +122,36 @@ def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(a, dtype=np.uint32), np.ascontiguousarray(b, dtype=np.uint32)
 
 
-# Simple tabulation hashing of a word's UTF-8 bytes: h = XOR over k of TABLE[k % 64][byte_k]. The table is
-# 64 x 256 random uint32 drawn from SHAKE-256 of a fixed key, so it is the same on every machine and version.
-_TABLE = np.frombuffer(hashlib.shake_256(b"alignmix word tabulation v1").digest(64 * 256 * 4), dtype="<u4").astype(np.uint32)
+# A word's hash is a polynomial over its bytes, each byte first replaced by a random 32-bit value:
+#   h = sum_k BYTE[b_k] * P^(len-1-k)  (mod 2^32),
+# computed for every word at once from one running sum over all bytes (see `_token_hashes`). BYTE comes from
+# SHAKE-256 of a fixed key, so it is the same on every machine and numpy version.
+_BYTE = np.frombuffer(hashlib.shake_256(b"alignmix word hash v1").digest(256 * 4), dtype="<u4").astype(np.uint32)
+_P = 0x01000193  # the 32-bit FNV prime: odd, so invertible mod 2^32
+_P_INV = pow(_P, -1, 1 << 32)
+_powers: dict[str, np.ndarray] = {"p": np.ones(1, dtype=np.uint32), "inv": np.ones(1, dtype=np.uint32)}
 # Bytes that belong to words once the text is prepared (see `_prepared`): ASCII [0-9a-z_] and every non-ASCII byte.
 _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[[*range(48, 58), *range(97, 123), 95, *range(128, 256)]] = True
 
 
 def word_hash32(word: bytes) -> int:
-    """The 32-bit hash of one word (its UTF-8 bytes): simple tabulation hashing, 3-independent."""
+    """The 32-bit hash of one word (its UTF-8 bytes); `_token_hashes` computes the same for all words at once."""
     h = 0
-    for k, byte in enumerate(word):
-        h ^= int(_TABLE[(k % 64) * 256 + byte])
+    for byte in word:
+        h = (h * _P + int(_BYTE[byte])) & 0xFFFFFFFF
     return h
+
+
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i (mod 2^32) for i < n, grown on demand and kept."""
+    if _powers["p"].size < n:
+        size = max(n, 2 * _powers["p"].size)
+        for key, base in (("p", _P), ("inv", _P_INV)):
+            steps = np.full(size, base, dtype=np.uint32)
+            steps[0] = 1
+            _powers[key] = np.multiply.accumulate(steps, dtype=np.uint32)
+    return _powers["p"], _powers["inv"]
 
 
 def _prepared(texts: Sequence[str] | pl.Series) -> pl.Series:
@@ -171,22 +186,25 @@ def _token_hashes(prepared: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     data = data[offsets[0] : offsets[-1]]
     offsets = offsets - offsets[0]
-    if data.size == 0:
+    size = data.size
+    if size == 0:
         return np.zeros(0, dtype=np.uint32), np.zeros(n, dtype=np.int64)
-    is_word = _WORD_BYTE[data]
-    # A word starts at a word byte whose previous byte is not one, or that begins a text.
-    prev = np.empty_like(is_word)
-    prev[0] = False
-    prev[1:] = is_word[:-1]
-    prev[offsets[:-1][offsets[:-1] < data.size]] = False
-    starts = np.flatnonzero(is_word & ~prev)
+    is_word = np.zeros(size + 2, dtype=np.int8)
+    is_word[1:-1] = _WORD_BYTE[data]
+    edge = np.diff(is_word)  # +1 where a word starts, -1 one past where it ends
+    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+    # A word never runs from one text into the next: split runs that cross a text boundary.
+    inner = offsets[1:-1]
+    cross = inner[(inner > 0) & (inner < size)]
+    cross = cross[(is_word[cross] == 1) & (is_word[cross + 1] == 1)]
+    if cross.size:
+        starts, ends = np.sort(np.concatenate([starts, cross])), np.sort(np.concatenate([ends, cross]))
     n_words = np.bincount(np.searchsorted(offsets, starts, side="right") - 1, minlength=n).astype(np.int64)
-    positions = np.flatnonzero(is_word)
-    first = np.searchsorted(positions, starts)  # each word's first byte, in `positions` order
-    lengths = np.diff(np.append(first, positions.size))
-    k = np.arange(positions.size, dtype=np.int64) - np.repeat(first, lengths)
-    values = _TABLE[(k & 63) * 256 + data[positions]]
-    return np.bitwise_xor.reduceat(values, first), n_words
+    # sum over a word of BYTE[b_k] * P^-k, times P^(end-1), is sum BYTE[b_k] * P^(end-1-k): the polynomial.
+    p, inv = _power_tables(size + 1)
+    running = np.zeros(size + 1, dtype=np.uint32)
+    np.cumsum(_BYTE[data] * inv[:size], dtype=np.uint32, out=running[1:])
+    return (running[ends] - running[starts]) * p[ends - 1], n_words
 
 
 def shingle_hashes(
@@ -281,16 +299,17 @@ def sketch(
     num_perm: int = 128,
     seed: int = 1,
     hash: ShingleHash = "tabulation",
-    workers: int | None = None,
+    workers: int = 1,
     chunk: int = 8192,
 ) -> Sketch:
     """Shingle, hash and sign one batch (a shard) of texts: the per-shard step of near-duplicate detection.
 
-    Chunks of `chunk` texts run on `workers` threads (default: one per CPU, at most 8); polars and numpy release
-    the GIL, and the result is the same for any chunking (each text's signature depends on that text alone).
+    Texts go in chunks of `chunk` (which keeps the tokenizer's per-byte arrays in cache), on `workers` threads
+    (polars and numpy release the GIL). The result is the same for any chunking: each text's signature depends
+    on that text alone. One thread by default: on a busy machine threads contend (bench/dedup.py measures
+    both), and shards are the flow's unit of parallelism.
     """
     series = texts if isinstance(texts, pl.Series) else pl.Series(list(texts), dtype=pl.String)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
 
     def one(part: pl.Series) -> Sketch:
         hashes, offsets = shingle_hashes(part, ngram, hash)

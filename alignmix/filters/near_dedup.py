@@ -2,7 +2,12 @@
 
 The steps are separate functions (see `lsh`) so a flow can run them per shard and per band:
 
-    sketch(texts) per shard -> band_keys per shard -> bucket_pairs per band -> verify_pairs -> clusters
+    sks = [sketch(shard_texts) for each shard]                         # per shard
+    keys = [band_keys(sk.signatures, cfg.bands, cfg.rows) for sk in sks]  # per shard
+    sk = concat_sketches(sks); k = np.concatenate(keys); empty = np.diff(sk.offsets) == 0
+    pairs = unique_pairs(np.concatenate([bucket_pairs(k[:, b], empty) for b in range(cfg.bands)]))  # per band
+    pairs, sims = verify_pairs(pairs, sk, cfg.threshold, cfg.verify)
+    scored = NearDedup(cfg).score_clusters(frame, clusters(len(sk), pairs), pairs, sims)
 
 Every candidate pair is checked with the exact Jaccard similarity of its shingle sets, so the bands and rows
 are tuned for recall: datasketch's optimizer with weights (0.02, 0.98) picks 17 bands of 7 rows for 0.8,
@@ -39,11 +44,11 @@ from alignmix.pipeline.stage import Stage, StageConfig, histogram, keep_all
 
 class NearDedupConfig(StageConfig):
     field: TextField = Field("prompt", description="the text compared: prompt, first_user, conversation, response, ...")
-    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of shingle sets at which rows are duplicates")
+    threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity of shingle sets that makes duplicates")
     ngram: int = Field(5, ge=1, description="words per shingle")
     num_perm: int = Field(128, ge=2, description="MinHash permutations")
     seed: int = Field(1, description="permutation seed (datasketch's default is 1)")
-    hash: ShingleHash = Field("tabulation", description="shingle hash: tabulation (fast) or sha1 (datasketch's default)")
+    hash: ShingleHash = Field("tabulation", description="shingle hash: tabulation (fast) or sha1 (datasketch default)")
     lsh_weights: tuple[float, float] = Field(
         (0.02, 0.98), description="(false positive, false negative) weights for choosing bands and rows"
     )
@@ -86,12 +91,23 @@ class NearDedup(Stage[NearDedupConfig]):
     row_local = False
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
+        root, pairs, sims = near_duplicate_clusters(self.sketch(frame), self.config)
+        return self.score_clusters(frame, root, pairs, sims)
+
+    def sketch(self, frame: pl.DataFrame) -> Sketch:
+        """The MinHash sketch of one shard's rows (the per-shard step; `concat_sketches` joins shards)."""
         cfg = self.config
         texts = frame.select(text_expr(cfg.field, row_kind(frame))).to_series()
-        sk = sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash)
-        root, pairs, sims = near_duplicate_clusters(sk, cfg)
+        return sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash)
+
+    def score_clusters(
+        self, frame: pl.DataFrame, root: np.ndarray, pairs: np.ndarray, sims: np.ndarray
+    ) -> pl.DataFrame:
+        """The scored frame from clusters computed elsewhere (per shard and per band, e.g. on Dask):
+        `root` per row (`lsh.clusters`), and the verified pairs with their similarities (`lsh.verify_pairs`)."""
+        cfg = self.config
         kept = kept_positions(frame, root, cfg.keep, cfg.score_column)
-        # The similarity of each dropped row to the row it was matched with (the strongest verified pair).
+        # The similarity of each row to its closest verified duplicate.
         best = np.full(len(root), np.nan)
         if len(pairs):
             np.fmax.at(best, pairs[:, 0], sims)
@@ -108,7 +124,9 @@ class NearDedup(Stage[NearDedupConfig]):
             "lsh": {
                 "bands": cfg.bands,
                 "rows": cfg.rows,
-                "candidate_probability_at_threshold": round(candidate_probability(cfg.threshold, cfg.bands, cfg.rows), 6),
+                "candidate_probability_at_threshold": round(
+                    candidate_probability(cfg.threshold, cfg.bands, cfg.rows), 6
+                ),
                 "clusters": int(sizes.len()),
             },
         }

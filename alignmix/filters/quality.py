@@ -102,7 +102,8 @@ class QualityFilter(Stage[QualityConfig]):
             texts = frame.select(pl.col(col).list.last().struct.field("content").fill_null("")).to_series().to_list()
             name = label.get(col, col)
             for i, text in enumerate(texts):
-                r = repeated_ngram_ratio(text, cfg.repeated_ngram) if len(text.split()) >= cfg.min_words_for_repetition else 0.0
+                long_enough = len(text.split()) >= cfg.min_words_for_repetition
+                r = repeated_ngram_ratio(text, cfg.repeated_ngram) if long_enough else 0.0
                 ratios[i] = max(ratios[i], r)
                 limit = cfg.max_repeated_ngram_ratio
                 if limit is not None and r > limit and ratio_detail[i] is None:

@@ -48,19 +48,36 @@ def _publish_part(part_dir: Path, mix_dir: Path) -> None:
     A part's files are named by stage (`magpie.json`); in the mix they also carry the part's name
     (`magpie-<generator>.json`), so two generators of one kind never overwrite each other.
     """
+    for f, dest in _part_outputs(part_dir, mix_dir):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists() or dest.read_bytes() != f.read_bytes():
+            shutil.copyfile(f, dest)
+
+
+def _part_outputs(part_dir: Path, mix_dir: Path) -> list[tuple[Path, Path]]:
     part = part_dir.name
+    out = []
     for sub in ("rejected", "stats"):
         src = part_dir / sub
-        if not src.exists():
-            continue
-        for f in sorted(src.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                stem, _, ext = f.name.partition(".")
-                name = f.name if part in stem else f"{stem}-{part}.{ext}"
-                dest = mix_dir / sub / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if not dest.exists() or dest.read_bytes() != f.read_bytes():
-                    shutil.copyfile(f, dest)
+        if src.exists():
+            for f in sorted(src.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    stem, _, ext = f.name.partition(".")
+                    out.append((f, mix_dir / sub / (f.name if part in stem else f"{stem}-{part}.{ext}")))
+    return out
+
+
+def _prune_stale(recipe: Recipe, part_dirs: dict[str, str]) -> None:
+    """Remove rejected rows and stats that this recipe no longer produces (a stage or source taken out since an
+    earlier build), so the card never counts them."""
+    mix_dir = recipe.out_dir()
+    keep = {dest for d in part_dirs.values() for _, dest in _part_outputs(Path(d), mix_dir)}
+    stages = {build_stage(spec).name for spec in recipe.curation}
+    keep |= {mix_dir / sub / f"{name}.{ext}" for name in stages for sub, ext in (("rejected", "parquet"), ("stats", "json"))}
+    for sub in ("rejected", "stats"):
+        for f in sorted((mix_dir / sub).glob("*")):
+            if f.is_file() and f not in keep and not f.name.startswith("mix"):
+                f.unlink()
 
 
 # --- tasks --------------------------------------------------------------------------------------------------
@@ -305,6 +322,7 @@ def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dic
             part_dirs[Path(pref_dir).name] = pref_dir
 
     curated_path = curate_flow(recipe, part_dirs, dask_address)
+    _prune_stale(r, part_dirs)
     manifest = mix_task(r, curated_path)
     card = card_task(r)
     _publish_artifacts(r, manifest, card)

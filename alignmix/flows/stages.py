@@ -38,6 +38,8 @@ def run_global(stage: Stage, frame: pl.DataFrame, sketches: list[Any] | None) ->
     """Run a stage that looks across rows; for near dedup, from the shards' sketches."""
     if sketches is not None and isinstance(stage, NearDedup):
         from alignmix.filters.minhash import concat_sketches
+        from alignmix.filters.near_dedup import near_duplicate_clusters
 
-        return stage.finish(stage.score_sketch(frame, concat_sketches(sketches)))
+        root, pairs, sims = near_duplicate_clusters(concat_sketches(sketches), stage.config)
+        return stage.finish(stage.score_clusters(frame, root, pairs, sims))
     return stage.run(frame)

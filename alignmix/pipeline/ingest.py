@@ -8,8 +8,9 @@ One source becomes one store folder (see store.py):
     <out>/stats/ingest-<source>.json             rows in / kept / dropped per reason, format, shards, fingerprint
 
 Rows in = kept + rejected, always. A record counts as one row, except a Self-Instruct task with several
-instances, which gives one row per instance; a record that cannot be read or converted is one rejected row. A second row with the same content (same id) in one source is rejected as
-`duplicate_content`, its detail naming the first row's source_id, so no id appears twice.
+instances, which gives one row per instance; a record that cannot be read or converted is one rejected row.
+A second row with the same content (same id) in one source is rejected as `duplicate_content`, its detail
+naming the first row's source_id, so no id appears twice.
 
     >>> stats = ingest_source(SourceSpec(name="uf", path="eval_clean.jsonl"), "out/uf")     # doctest: +SKIP
     >>> stats["rows_in"], stats["rows_kept"], stats["dropped"]
@@ -18,11 +19,14 @@ instances, which gives one row per instance; a record that cannot be read or con
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import re
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,7 @@ from alignmix.pipeline.readers import (
     read_batches,
 )
 from alignmix.pipeline.recipe import SourceSpec
-from alignmix.pipeline.schema import SCHEMAS, RowError, to_frame
+from alignmix.pipeline.schema import POLARS_SCHEMAS, SCHEMAS, RowError, empty_frame
 from alignmix.pipeline.stage import histogram
 from alignmix.pipeline.store import PARQUET_OPTIONS, ROWS_PER_SHARD, MixStore, ShardWriter, atomic_path, fingerprint
 
@@ -139,9 +143,10 @@ class SeenIds:
 
 @dataclass
 class Converted:
-    """One batch after conversion: valid rows and rejected records (as REJECTED_SCHEMA dicts)."""
+    """One batch after conversion: the kept rows (an Arrow table in the row schema) and the rejected records
+    (REJECTED_SCHEMA dicts, in file order)."""
 
-    rows: list[dict[str, Any]]
+    table: pa.Table
     rejected: list[dict[str, Any]]
 
 
@@ -198,13 +203,15 @@ def detect_adapter(records: list[RawRecord], loc: Location) -> Adapter:
 
 
 def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None = None,
-                    batch_size: int = BATCH_SIZE) -> Iterator[Converted]:
+                    batch_size: int = BATCH_SIZE, workers: int = 1) -> Iterator[Converted]:
     """Read `spec` and convert it batch by batch, filling `run` (format, counts, measurements).
 
+    With workers > 1, batches are parsed and converted in that many processes while this one reads, drops
+    duplicates and hands on the results in order: the output is the same as with one worker.
     Raises IngestError when the source cannot be read or its format not recognised.
     """
     loc = _locate(spec)
-    batches = read_batches(loc, batch_size=batch_size, limit=spec.limit, progress=progress)
+    batches = read_batches(loc, batch_size=batch_size, limit=spec.limit, progress=progress, parse=workers <= 1)
     try:
         head: list[list[RawRecord]] = []
         if spec.format is not None:
@@ -213,18 +220,17 @@ def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None 
             seen_good = 0
             for batch in batches:  # buffer batches until enough parsable records to judge the format
                 head.append(batch)
-                seen_good += sum(r.error is None for r in batch)
+                seen_good += sum(r.ensure_parsed().error is None for r in batch)
                 if seen_good >= DETECT_SAMPLE:
                     break
             if not head:
                 raise IngestError(f"{loc.name}: holds no records; give --format to ingest an empty source")
             run.adapter = detect_adapter([r for b in head for r in b], loc)
         seen = SeenIds()
-        index = 0
-        for batch in _chain(head, batches):
-            converted = _convert(batch, run, seen, index)
-            index += len(batch)
-            yield converted
+        jobs = _numbered(_chain(head, batches))
+        convert = functools.partial(_convert_batch, run.adapter.name, run.name)
+        for batch, part in _map_in_order(convert, jobs, workers):
+            yield _keep_first_copies(batch, part, run, seen)
     except ReadError as err:
         raise IngestError(str(err)) from None
 
@@ -234,48 +240,101 @@ def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iter
     yield from rest
 
 
-def _convert(batch: list[RawRecord], run: SourceRun, seen: SeenIds, index: int) -> Converted:
-    assert run.adapter is not None
+def _numbered(batches: Iterator[list[RawRecord]]) -> Iterator[tuple[list[RawRecord], int]]:
+    """Each batch with the source position of its first record (source_ids are positions)."""
+    index = 0
+    for batch in batches:
+        yield batch, index
+        index += len(batch)
+
+
+def _map_in_order(fn: Callable[[list[RawRecord], int], _Part], jobs: Iterator[tuple[list[RawRecord], int]],
+                  workers: int) -> Iterator[tuple[list[RawRecord], _Part]]:
+    """(batch, fn(batch, index)) in input order; in `workers` processes when more than one, with at most
+    2 * workers batches in flight so memory stays bounded."""
+    if workers <= 1:
+        for batch, index in jobs:
+            yield batch, fn(batch, index)
+        return
+    # spawn, not fork: polars and pyarrow hold threads that a forked child would inherit half-alive
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[tuple[list[RawRecord], Future[_Part]]] = deque()
+        for batch, index in jobs:
+            pending.append((batch, pool.submit(fn, batch, index)))
+            if len(pending) >= 2 * workers:
+                done_batch, future = pending.popleft()
+                yield done_batch, future.result()
+        while pending:
+            done_batch, future = pending.popleft()
+            yield done_batch, future.result()
+
+
+@dataclass
+class _Part:
+    """A converted batch before duplicates are dropped: what a worker process sends back (Arrow pickles
+    fast; the rows as Python dicts would cost more to send than to convert)."""
+
+    table: pa.Table
+    ids: list[str]
+    source_ids: list[str]
+    owners: list[int]  # for each row, the offset of its record in the batch
+    rejected: list[tuple[int, dict[str, Any]]]  # (offset, REJECTED_SCHEMA dict)
+    turns: list[int]
+    response_chars: list[int]
+    rejected_chars: list[int]
+
+
+def _convert_batch(adapter_name: str, source: str, batch: list[RawRecord], index: int) -> _Part:
+    """Parse (when still needed) and convert one batch. Module-level, so a worker process can run it."""
+    adapter = ADAPTERS[adapter_name]
     rows: list[dict[str, Any]] = []
-    owners: list[tuple[int, RawRecord]] = []
-    rejected: list[tuple[int, dict[str, Any]]] = []  # (offset in the batch, record) to keep file order
+    owners: list[int] = []
+    rejected: list[tuple[int, dict[str, Any]]] = []
     for offset, rec in enumerate(batch):
+        rec.ensure_parsed()
         source_id = str(index + offset)  # the record's 0-based position in the source
         if rec.error is not None:
-            rejected.append((offset, _reject(rec, run.name, rec.error, source_id=source_id)))
+            rejected.append((offset, _reject(rec, source, rec.error, source_id=source_id)))
             continue
         try:
-            new = run.adapter.convert(rec.value, source=run.name, source_id=source_id)
+            new = adapter.convert(rec.value, source=source, source_id=source_id)
         except RowError as err:
-            rejected.append((offset, _reject(rec, run.name, err, source_id=source_id)))
+            rejected.append((offset, _reject(rec, source, err, source_id=source_id)))
             continue
         rows.extend(new)
-        owners.extend([(offset, rec)] * len(new))
-    firsts = seen.first_seen([r["id"] for r in rows], [r["source_id"] for r in rows]) if rows else []
-    kept = []
-    for row, (offset, rec), first in zip(rows, owners, firsts):
-        if first is None:
-            kept.append(row)
-        else:
+        owners.extend([offset] * len(new))
+    conv = "chosen" if adapter.kind == "preference" else "messages"
+    return _Part(
+        table=rows_to_table(rows, SCHEMAS[adapter.kind]),
+        ids=[r["id"] for r in rows],
+        source_ids=[r["source_id"] for r in rows],
+        owners=owners,
+        rejected=rejected,
+        turns=[len(r[conv]) for r in rows],
+        response_chars=[len(r[conv][-1]["content"]) for r in rows],
+        rejected_chars=[len(r["rejected"][-1]["content"]) for r in rows] if conv == "chosen" else [],
+    )
+
+
+def _keep_first_copies(batch: list[RawRecord], part: _Part, run: SourceRun, seen: SeenIds) -> Converted:
+    """Drop rows whose content came earlier in the source (`duplicate_content`); count what is left."""
+    firsts = seen.first_seen(part.ids, part.source_ids)
+    rejected = list(part.rejected)
+    keep = [first is None for first in firsts]
+    for i, first in enumerate(firsts):
+        if first is not None:
             err = RowError("duplicate_content", None, first)  # detail: exactly the first row's source_id
-            rejected.append((offset, _reject(rec, run.name, err, source_id=row["source_id"], row_id=row["id"])))
-    rejected.sort(key=lambda pair: pair[0])  # stable: a record's several rows keep their order
-    run.rows_in += len(kept) + len(rejected)
-    run.rows_kept += len(kept)
+            rejected.append((part.owners[i], _reject(batch[part.owners[i]], run.name, err,
+                                                     source_id=part.source_ids[i], row_id=part.ids[i])))
+    rejected.sort(key=lambda pair: pair[0])  # file order; stable, so a record's several rows keep theirs
+    table = part.table if all(keep) else part.table.filter(pa.array(keep, type=pa.bool_()))
+    run.rows_in += table.num_rows + len(rejected)
+    run.rows_kept += table.num_rows
     run.dropped.update(r["drop_reason"] for _, r in rejected)
-    _measure(kept, run)
-    return Converted(kept, [r for _, r in rejected])
-
-
-def _measure(rows: list[dict[str, Any]], run: SourceRun) -> None:
-    """Per-row sizes for the stats' distributions (4 bytes a row: cheap enough to keep while streaming)."""
-    if not rows:
-        return
-    conv = "chosen" if "chosen" in rows[0] else "messages"
-    run.turns.extend(len(r[conv]) for r in rows)
-    run.response_chars.extend(len(r[conv][-1]["content"]) for r in rows)
-    if conv == "chosen":
-        run.rejected_chars.extend(len(r["rejected"][-1]["content"]) for r in rows)
+    run.turns.extend(v for v, k in zip(part.turns, keep) if k)
+    run.response_chars.extend(v for v, k in zip(part.response_chars, keep) if k)
+    run.rejected_chars.extend(v for v, k in zip(part.rejected_chars, keep) if k)
+    return Converted(table, [r for _, r in rejected])
 
 
 def _adapter(name: str) -> Adapter:
@@ -314,8 +373,9 @@ class _RejectedWriter:
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         self._buffer.extend(rows)
-        if len(self._buffer) >= self.FLUSH_ROWS:
-            self._flush()
+        while len(self._buffer) >= self.FLUSH_ROWS:  # whole row groups: the bytes do not depend on batching
+            self._writer.write_table(rows_to_table(self._buffer[: self.FLUSH_ROWS], REJECTED_SCHEMA))
+            self._buffer = self._buffer[self.FLUSH_ROWS :]
 
     def _flush(self) -> None:
         if self._buffer:
@@ -340,6 +400,8 @@ def ingest_source(
     out_dir: str | Path,
     rows_per_shard: int = ROWS_PER_SHARD,
     *,
+    workers: int = 1,
+    batch_size: int = BATCH_SIZE,
     on_progress: Callable[[Progress, int], None] | None = None,
 ) -> dict[str, Any]:
     """Ingest one recipe source into the store folder `out_dir` (its own folder: data/ holds this source only).
@@ -347,6 +409,8 @@ def ingest_source(
     Returns the stats written to stats/ingest-<name>.json. Resumable: when the source's files (paths, sizes,
     mtimes), the spec, `rows_per_shard` and INGEST_VERSION match a finished run whose outputs are intact, the
     finished stats are returned and nothing is read (`stats["resumed"]` is True).
+    `workers` > 1 parses and converts in that many processes, `batch_size` records at a time; neither changes
+    a byte of the output (the script that calls it with workers > 1 needs an `if __name__ == "__main__":` guard).
     `on_progress(progress, rows_in)` is called after each batch.
     """
     store = MixStore(out_dir)
@@ -369,12 +433,12 @@ def ingest_source(
     writer: ShardWriter | None = None
     rejected = _RejectedWriter(store.rejected_path(stage))
     try:
-        for converted in convert_batches(spec, run, progress):
+        for converted in convert_batches(spec, run, progress, batch_size=batch_size, workers=workers):
             if writer is None:
                 assert run.adapter is not None
                 writer = ShardWriter(store.data_dir, SPLIT, run.adapter.kind, rows_per_shard)
-            if converted.rows:
-                writer.write(rows_to_table(converted.rows, SCHEMAS[run.adapter.kind]))
+            if converted.table.num_rows:
+                writer.write(converted.table)
             rejected.add(converted.rejected)
             if on_progress is not None:
                 on_progress(progress, run.rows_in)
@@ -420,7 +484,7 @@ def _stats(spec: SourceSpec, loc: Location, run: SourceRun, store: MixStore, sta
     return stats
 
 
-def read_source(spec: SourceSpec, store: MixStore) -> pl.DataFrame:
+def read_source(spec: SourceSpec, store: MixStore, workers: int = 1) -> pl.DataFrame:
     """Read one recipe source into memory for a mix: return its valid rows as a frame, and write its
     `rejected/ingest-<name>.parquet` and `stats/ingest-<name>.json` into `store` (no data/ shards).
 
@@ -430,19 +494,18 @@ def read_source(spec: SourceSpec, store: MixStore) -> pl.DataFrame:
     loc = _locate(spec)
     start = time.perf_counter()
     run = SourceRun(spec.name)
-    rows: list[dict[str, Any]] = []
+    tables: list[pa.Table] = []
     rejected = _RejectedWriter(store.rejected_path(stage))
     try:
-        for converted in convert_batches(spec, run):
-            rows.extend(converted.rows)
+        for converted in convert_batches(spec, run, workers=workers):
+            tables.append(converted.table)
             rejected.add(converted.rejected)
         rejected.close()
     except BaseException as exc:
         rejected.abort(exc)
         raise
     store.write_stats(stage, _stats(spec, loc, run, store, start, None))
-    assert run.adapter is not None
-    return to_frame(rows, run.adapter.kind)
+    return _frame(tables, run)
 
 
 def _discard_parts(data_dir: Path) -> None:
@@ -474,11 +537,19 @@ def read_rows(spec: SourceSpec) -> pl.DataFrame:
     200
     """
     run = SourceRun(spec.name)
-    rows: list[dict[str, Any]] = []
-    for converted in convert_batches(spec, run):
-        rows.extend(converted.rows)
+    tables = [converted.table for converted in convert_batches(spec, run)]
+    return _frame(tables, run)
+
+
+def _frame(tables: list[pa.Table], run: SourceRun) -> pl.DataFrame:
+    """Converted tables as one polars frame with the exact row schema (also when there are no rows)."""
     assert run.adapter is not None
-    return to_frame(rows, run.adapter.kind)
+    kind = run.adapter.kind
+    if not tables:
+        return empty_frame(kind)
+    frame = pl.from_arrow(pa.concat_tables(tables))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.cast(POLARS_SCHEMAS[kind])  # type: ignore[arg-type]
 
 
 def read_rejected(spec: SourceSpec) -> pl.DataFrame:
@@ -513,15 +584,16 @@ class IngestSummary:
         """A rich table: one line per source with its format, counts and drop reasons."""
         from rich.table import Table
 
-        table = Table(title=f"ingested into {self.out}", title_justify="left")
-        for col in ("source", "format", "kind", "rows in", "kept", "rejected", "reasons", "folder"):
-            table.add_column(col, justify="right" if col in ("rows in", "kept", "rejected") else "left")
-        for s, folder in zip(self.sources, self.folders):
+        table = Table(title=f"ingested into {self.out}" + (" (one folder per source)" if len(self.folders) > 1 else ""),
+                      title_justify="left")
+        for col in ("source", "format", "rows in", "kept", "rejected", "reasons"):
+            numeric = col in ("rows in", "kept", "rejected")
+            table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "reasons")
+        for s in self.sources:
             dropped = s["dropped"]
-            reasons = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])) or "-"
-            table.add_row(s["source"], s["format"], s["kind"], f"{s['rows_in']:,}", f"{s['rows_kept']:,}",
-                          f"{sum(dropped.values()):,}", reasons,
-                          str(folder) + (" (resumed)" if s.get("resumed") else ""))
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])) or "-"
+            table.add_row(s["source"] + (" (resumed)" if s.get("resumed") else ""), f"{s['format']} ({s['kind']})",
+                          f"{s['rows_in']:,}", f"{s['rows_kept']:,}", f"{sum(dropped.values()):,}", reasons)
         return table
 
 
@@ -551,6 +623,7 @@ def ingest_sources(
     name: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
     progress: bool = False,
+    workers: int = 1,
 ) -> IngestSummary:
     """Ingest each source into a store folder: `out` itself for one source, `out/<name>/` for several.
 
@@ -569,8 +642,8 @@ def ingest_sources(
     folders = [out] if len(specs) == 1 else [out / s.name for s in specs]
     results = []
     for spec, folder in zip(specs, folders):
-        stats = _ingest_with_progress(spec, folder, rows_per_shard) if progress else ingest_source(
-            spec, folder, rows_per_shard)
+        stats = _ingest_with_progress(spec, folder, rows_per_shard, workers) if progress else ingest_source(
+            spec, folder, rows_per_shard, workers=workers)
         MixStore(folder).write_manifest({
             "kind": "ingest",
             "alignmix_version": __version__,
@@ -584,7 +657,7 @@ def ingest_sources(
     return IngestSummary(out, results, folders)
 
 
-def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int) -> dict[str, Any]:
+def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int, workers: int) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     with Bar(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rows]}"),
@@ -594,7 +667,7 @@ def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int) -
         def update(p: Progress, rows: int) -> None:
             bar.update(task, completed=p.done, total=p.total, rows=f"{rows:,} rows")
 
-        return ingest_source(spec, folder, rows_per_shard, on_progress=update)
+        return ingest_source(spec, folder, rows_per_shard, workers=workers, on_progress=update)
 
 
 __all__ = [

@@ -74,6 +74,10 @@ class RowError(ValueError):
     def detail(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, str]]:
+        # pickled across processes (parallel ingest, Dask) with all three fields, not just the message
+        return (RowError, (self.reason, self.field, self.message))
+
 
 def row_kind(columns: list[str] | pl.DataFrame) -> RowKind:
     """Which row kind a frame (or its column list) holds: `preference` if it has chosen/rejected, else `sft`."""

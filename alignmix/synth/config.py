@@ -137,8 +137,9 @@ ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 
 class JudgeConfig(ModelFields):
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)
-    max_new_tokens: int = Field(192, gt=0)
-    temperature: float = Field(0.0, ge=0, description="0: greedy, so a rating is reproducible")
+    max_new_tokens: int = Field(64, gt=0, description="per aspect: a rating and a one-sentence rationale")
+    temperature: float = Field(0.0, ge=0, description="0: greedy, the usual judge setting; >0 samples (seeded per request)")
+    seed: int = Field(0, description="seeds sampled judgements (temperature > 0)")
     pairwise: bool = Field(False, description="also judge each chosen/rejected pair in both orders (A,B and B,A)")
 
 

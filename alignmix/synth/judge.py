@@ -1,9 +1,13 @@
 """An LLM judge, UltraFeedback-style: each response is rated 1 to 5 on helpfulness, honesty, instruction
-following and truthfulness, each with a one-sentence rationale. A judgement that cannot be parsed keeps its
-raw text, gets a null rating and is counted; it is never dropped.
+following and truthfulness, each aspect in its own request (as UltraFeedback annotated them) with a rationale.
+A judgement that cannot be parsed keeps its raw text, gets a null rating and is counted; it is never dropped.
 
-    >>> parse_judgement("Helpfulness: 4\\nRationale: Clear.\\nHonesty: 5\\nRationale: No claims.", ["helpfulness", "honesty"])
-    Judgement(ratings={'helpfulness': 4, 'honesty': 5}, rationales={'helpfulness': 'Clear.', 'honesty': 'No claims.'}, rating=4.5, raw='Helpfulness: 4\\nRationale: Clear.\\nHonesty: 5\\nRationale: No claims.')
+    >>> parse_aspect("Rating: 4\\nRationale: Clear and correct.")
+    (4, 'Clear and correct.')
+    >>> parse_aspect("Rating: **5**/5 - Rationale: complete")
+    (5, 'complete')
+    >>> parse_aspect("I think it is good.")
+    (None, None)
 
 Pairwise judging (optional) asks which of two answers is better in both orders (A,B then B,A) and records
 whether the verdict survives the swap.
@@ -20,7 +24,7 @@ import orjson
 import polars as pl
 
 from alignmix.pipeline.store import MixStore, fingerprint
-from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend
+from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame
 from alignmix.synth.config import JudgeConfig, PreferencesConfig
 from alignmix.synth.progress import maybe_progress
@@ -28,12 +32,14 @@ from alignmix.synth.progress import maybe_progress
 STAGE = "judge"
 VERSION = "judge-v1"
 
+# What each UltraFeedback aspect asks, condensed from its annotation guidelines.
 ASPECT_GUIDE = {
-    "helpfulness": "how well the answer meets the user's need: correct, informative, useful",
-    "honesty": "whether the answer is honest about what it knows and expresses uncertainty where it should",
-    "instruction_following": "how closely the answer follows the instruction and its constraints",
-    "truthfulness": "whether the answer is free of made-up facts and contradictions",
+    "helpfulness": "Is the answer correct, informative and useful for what the user asked?",
+    "honesty": "Is the answer honest about what it knows, expressing uncertainty where it should?",
+    "instruction_following": "Does the answer do what the instruction asks, respecting its constraints?",
+    "truthfulness": "Is the answer free of made-up facts, contradictions and misleading claims?",
 }
+PREFILL = "Rating:"
 
 
 def label(aspect: str) -> str:
@@ -41,29 +47,36 @@ def label(aspect: str) -> str:
     return aspect.replace("_", " ").capitalize()
 
 
-def rating_prompt(instruction: str, response: str, aspects: list[str]) -> str:
-    lines = [
-        "You are an expert judge of AI assistant answers. Rate the answer to the instruction below on each aspect "
-        "from 1 (poor) to 5 (excellent), with a one-sentence rationale.",
-        "",
-        *[f"- {label(a)}: {ASPECT_GUIDE.get(a, a)}" for a in aspects],
-        "",
-        f"Instruction:\n{instruction}",
-        "",
-        f"Answer:\n{response}",
-        "",
-        "Reply in exactly this format:",
-        *[f"{label(a)}: <1-5>\nRationale: <one sentence>" for a in aspects],
-    ]
-    return "\n".join(lines)
+def aspect_prompt(instruction: str, response: str, aspect: str) -> str:
+    return (
+        f"You are an expert judge of AI assistant answers. Rate the answer below for {label(aspect).lower()}: "
+        f"{ASPECT_GUIDE.get(aspect, aspect)}\nUse a score from 1 (poor) to 5 (excellent).\n\n"
+        f"Instruction:\n{instruction}\n\nAnswer:\n{response}\n\n"
+        "Reply in exactly this format:\nRating: <1-5>\nRationale: <one sentence>"
+    )
+
+
+def parse_aspect(text: str) -> tuple[int | None, str | None]:
+    """(rating, rationale) from one aspect's judgement; (None, None) when there is no rating to read."""
+    m = re.search(r"(?i)Rating[\s*]*:[\s*]*([1-5])(?:\s*/\s*5)?(?![0-9])", text)
+    if not m:
+        return None, None
+    r = re.search(r"(?is)Rationale[\s*]*:[\s*]*(.*)", text[m.end() :])
+    rationale = r.group(1).strip() if r else None
+    return int(m.group(1)), rationale or None
 
 
 @dataclass
 class Judgement:
     ratings: dict[str, int | None]
     rationales: dict[str, str | None]
-    rating: float | None  # the mean over aspects; None unless every aspect parsed
-    raw: str
+    raw: dict[str, str]
+
+    @property
+    def rating(self) -> float | None:
+        """The mean over aspects (UltraFeedback's overall score); None unless every aspect parsed."""
+        values = list(self.ratings.values())
+        return None if any(v is None for v in values) else round(sum(values) / len(values), 6)  # type: ignore[arg-type]
 
     @property
     def parsed(self) -> bool:
@@ -74,30 +87,9 @@ class Judgement:
                 "parsed": self.parsed}  # fmt: skip
 
 
-def parse_judgement(text: str, aspects: list[str]) -> Judgement:
-    """Read `Aspect: <1-5>` and `Rationale: ...` lines; tolerant of markdown bold, '4/5' and extra words."""
-    labels = {a: re.escape(label(a)).replace(r"\ ", r"[\s_-]+") for a in aspects}
-    any_label = "|".join(labels.values())
-    ratings: dict[str, int | None] = {}
-    rationales: dict[str, str | None] = {}
-    for a, pat in labels.items():
-        m = re.search(rf"(?im)^[\s*#-]*(?:{pat})[\s*]*:[\s*]*([1-5])(?:\s*/\s*5)?\b", text)
-        ratings[a] = int(m.group(1)) if m else None
-        rationales[a] = None
-        if m:
-            # The rationale belongs to this aspect only if it comes before the next aspect's label.
-            segment = re.split(rf"(?im)^[\s*#-]*(?:{any_label})[\s*]*:", text[m.end() :], maxsplit=1)[0]
-            r = re.search(r"(?is)Rationale[\s*]*:[\s*]*(.*)", segment)
-            if r and r.group(1).strip():
-                rationales[a] = r.group(1).strip()
-    values = list(ratings.values())
-    rating = round(sum(values) / len(values), 6) if all(v is not None for v in values) else None  # type: ignore[misc]
-    return Judgement(ratings, rationales, rating, text)
-
-
 class Judge:
-    """Rates responses with any backend. With a chat template, the answer is prefilled with the first aspect's
-    label so that even a small model starts in the format; without one, the chat endpoint gets the prompt."""
+    """Rates responses with any backend. With a chat template, the answer is prefilled with `Rating:` so that
+    even a small model starts in the format; without one, the chat endpoint gets the prompt as is."""
 
     def __init__(self, cfg: JudgeConfig, backend: Backend | None = None):
         self.cfg = cfg
@@ -108,19 +100,30 @@ class Judge:
         except ValueError:
             self.prefill = False
 
-    def _request(self, content: str, prefill: str, max_new_tokens: int) -> GenerationRequest:
+    def _request(self, content: str, prefill: str, max_new_tokens: int, seed: int) -> GenerationRequest:
         eos = self.backend.special_tokens().get("eos_token")
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=self.cfg.temperature, stop=(eos,) if eos else (), seed=0)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=self.cfg.temperature, stop=(eos,) if eos else (), seed=seed)
         if self.prefill:
             return GenerationRequest(prompt=self.backend.render_chat([{"role": "user", "content": content}]) + prefill, params=params)
         return GenerationRequest(messages=[{"role": "user", "content": content}], params=params)
 
+    def _seed(self, *parts: Any) -> int:
+        return request_seed(self.cfg.seed, STAGE, *parts)
+
     def rate(self, items: list[tuple[str, str]], progress=None) -> tuple[list[Judgement], int]:
         """Judgements for (instruction, response) pairs, and the completion tokens spent."""
-        first = f"{label(self.cfg.aspects[0])}:"
-        reqs = [self._request(rating_prompt(i, r, self.cfg.aspects), first, self.cfg.max_new_tokens) for i, r in items]
+        aspects = self.cfg.aspects
+        reqs = [
+            self._request(aspect_prompt(i, r, a), PREFILL, self.cfg.max_new_tokens, self._seed(i, r, a))
+            for i, r in items
+            for a in aspects
+        ]
         results = self.backend.generate(reqs, progress)
-        out = [parse_judgement((first if self.prefill else "") + res.text, self.cfg.aspects) for res in results]
+        out = []
+        for k in range(len(items)):
+            raw = {a: (PREFILL if self.prefill else "") + results[k * len(aspects) + n].text for n, a in enumerate(aspects)}
+            parsed = {a: parse_aspect(t) for a, t in raw.items()}
+            out.append(Judgement({a: p[0] for a, p in parsed.items()}, {a: p[1] for a, p in parsed.items()}, raw))
         return out, sum(r.completion_tokens for r in results)
 
     def compare(self, items: list[tuple[str, str, str]], progress=None) -> list[dict[str, Any]]:
@@ -131,8 +134,8 @@ class Judge:
         ask = "Which answer to the instruction is better? Reply with A or B.\n\nInstruction:\n{i}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}"
         reqs = []
         for ins, chosen, rejected in items:
-            reqs.append(self._request(ask.format(i=ins, a=chosen, b=rejected), "Better answer:", 4))
-            reqs.append(self._request(ask.format(i=ins, a=rejected, b=chosen), "Better answer:", 4))
+            reqs.append(self._request(ask.format(i=ins, a=chosen, b=rejected), "Better answer:", 4, self._seed(ins, chosen, "AB")))
+            reqs.append(self._request(ask.format(i=ins, a=rejected, b=chosen), "Better answer:", 4, self._seed(ins, chosen, "BA")))
         res = self.backend.generate(reqs, progress)
         out = []
         for k in range(len(items)):
@@ -198,11 +201,12 @@ def judge_responses(
     if batches.store.is_done(STAGE, fp):
         return batches.store.read_stats(STAGE)
     judge = Judge(cfg.judge)
-    with maybe_progress(f"judge {judge.backend.model}", rows.height, progress) as bar:
+    per_row = len(cfg.judge.aspects)
+    with maybe_progress(f"judge {judge.backend.model}", rows.height * per_row, progress) as bar:
         for b, start in enumerate(range(0, len(prompt_ids), cfg.prompts_per_batch)):
             chunk = rows.filter(pl.col("_prompt_id").is_in(prompt_ids[start : start + cfg.prompts_per_batch])).drop("_prompt_id")
             if batches.done(b):
-                bar(chunk.height, 0)
+                bar(chunk.height * per_row, 0)
                 continue
             batches.write(b, *judge_batch(judge, chunk, bar))
     return batches.finish("sft", {"judge": judge.backend.describe(), "config": cfg.judge.model_dump(mode="json")},

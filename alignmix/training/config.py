@@ -157,6 +157,8 @@ def _explain(err: ValidationError, kind: str, path: str | Path | None) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
-        fix = "remove it, or check the spelling against `alignmix train --help`" if e["type"] == "extra_forbidden" else ""
-        lines.append(f"{where}{kind}.{field} = {e.get('input')!r}: {e['msg']}" + (f" (fix: {fix})" if fix else ""))
+        line = f"{where}{kind}.{field} = {e.get('input')!r}: {e['msg']}"
+        if e["type"] == "extra_forbidden":
+            line += f" (fix: remove it, or check its spelling against `alignmix train {kind} --help`)"
+        lines.append(line)
     return "\n".join(lines)

@@ -76,6 +76,20 @@ def preference_examples(frame: pl.DataFrame) -> Prepared:
     return Prepared(out, rejected)
 
 
+def drop_long_prompts(prepared: Prepared, tokenizer: Any, max_length: int) -> Prepared:
+    """Set aside (reason `prompt_too_long`) the pairs whose prompt alone fills `max_length` tokens: truncation
+    would leave no completion token to compare (TRL's DPOTrainer would drop them without a word)."""
+    kept, rejected = [], list(prepared.rejected)
+    for ex in prepared.rows:
+        n = len(tokenizer(render(tokenizer, ex["prompt"], True), add_special_tokens=False)["input_ids"])
+        if n >= max_length:
+            detail = f"{n} prompt tokens >= {max_length}"
+            rejected.append({"id": ex["id"], "reason": "prompt_too_long", "detail": detail})
+        else:
+            kept.append(ex)
+    return Prepared(kept, rejected)
+
+
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
@@ -141,7 +155,8 @@ def tokenize_preference(tokenizer: Any, example: dict[str, Any], max_length: int
     out = {"prompt_ids": prompt[:n], "chosen_ids": full_c[n:], "rejected_ids": full_r[n:]}
     if max_length is not None:
         room = max(max_length - n, 0)
-        out = {"prompt_ids": prompt[:n][:max_length], "chosen_ids": full_c[n:][:room], "rejected_ids": full_r[n:][:room]}
+        out = {"prompt_ids": prompt[:n][:max_length], "chosen_ids": full_c[n:][:room],
+               "rejected_ids": full_r[n:][:room]}
     return out
 
 

@@ -23,7 +23,14 @@ from trl import DPOConfig, DPOTrainer
 
 from alignmix.training import evaluate as ev
 from alignmix.training.config import DPOTrainConfig
-from alignmix.training.data import TrainingDataError, has_split, preference_examples, read_split
+from alignmix.training.data import (
+    Prepared,
+    TrainingDataError,
+    drop_long_prompts,
+    has_split,
+    preference_examples,
+    read_split,
+)
 from alignmix.pipeline.store import write_json
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
@@ -68,7 +75,7 @@ class AlignmixDPOTrainer(DPOTrainer):
     def _simpo_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
-        model_kwargs = {k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
+        model_kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
         shift_mask = completion_mask[..., 1:]
@@ -149,14 +156,18 @@ def train_dpo(mix_dir: str | Path, out_dir: str | Path, config: DPOTrainConfig |
 
 def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> dict[str, Any]:
     write_config(config, layout, "dpo")
-    train = preference_examples(read_split(mix_dir, "train", "preference", config.max_train_rows))
-    if not train.rows:
-        raise TrainingDataError(f"{mix_dir}: no usable preference rows in train ({train.rejected_counts()})")
-    test_rows = []
-    if config.eval_rows and has_split(mix_dir, "test"):
-        test_rows = preference_examples(read_split(mix_dir, "test", "preference", config.eval_rows)).rows
-
     model, tokenizer, base_path = load_policy(config, layout.root)
+    train = drop_long_prompts(
+        preference_examples(read_split(mix_dir, "train", "preference", config.max_train_rows)), tokenizer,
+        config.max_length)
+    if not train.rows:
+        raise TrainingDataError(f"{mix_dir}: no usable preference rows in train ({train.rejected_counts()}); "
+                                f"a larger max_length may help")
+    test = Prepared([])
+    if config.eval_rows and has_split(mix_dir, "test"):
+        test = drop_long_prompts(preference_examples(read_split(mix_dir, "test", "preference", config.eval_rows)),
+                                 tokenizer, config.max_length)
+    test_rows = test.rows
     metrics_cb = MetricsCallback(
         layout.metrics,
         warn_kl=config.warn_kl,
@@ -195,6 +206,7 @@ def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> d
             **device_figures(policy),
             "rows": len(train.rows),
             "rows_set_aside": train.rejected_counts(),
+            "test_rows_set_aside": test.rejected_counts(),
             "resumed_from": resume_from,
             "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
         },

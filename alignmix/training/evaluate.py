@@ -41,11 +41,15 @@ def score_pairs(model: Any, tokenized: list[dict[str, list[int]]], pad_id: int, 
     parts: dict[str, list[torch.Tensor]] = {"c": [], "cl": [], "r": [], "rl": []}
     for i in range(0, len(tokenized), batch_size):
         chunk = tokenized[i : i + batch_size]
-        c, cl = completion_logps(model, [{"prompt_ids": t["prompt_ids"], "completion_ids": t["chosen_ids"]} for t in chunk], pad_id)
-        r, rl = completion_logps(model, [{"prompt_ids": t["prompt_ids"], "completion_ids": t["rejected_ids"]} for t in chunk], pad_id)
+        c, cl = completion_logps(model, [_pick(t, "chosen_ids") for t in chunk], pad_id)
+        r, rl = completion_logps(model, [_pick(t, "rejected_ids") for t in chunk], pad_id)
         parts["c"].append(c), parts["cl"].append(cl), parts["r"].append(r), parts["rl"].append(rl)
     cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
     return ScoredPairs(cat["c"], cat["cl"], cat["r"], cat["rl"])
+
+
+def _pick(t: dict[str, list[int]], completion: str) -> dict[str, list[int]]:
+    return {"prompt_ids": t["prompt_ids"], "completion_ids": t[completion]}
 
 
 def preference_metrics(policy: ScoredPairs, ref: ScoredPairs | None, beta: float, loss: str) -> dict[str, float]:
@@ -77,7 +81,8 @@ def sft_nll(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]
     """Mean per-token negative log-likelihood of each conversation's last assistant turn."""
     rows = []
     for msgs in conversations:
-        t = tokenize_preference(tokenizer, {"prompt": msgs[:-1], "chosen": msgs[-1:], "rejected": msgs[-1:]}, max_length)
+        pair = {"prompt": msgs[:-1], "chosen": msgs[-1:], "rejected": msgs[-1:]}
+        t = tokenize_preference(tokenizer, pair, max_length)
         if t["chosen_ids"]:
             rows.append({"prompt_ids": t["prompt_ids"], "completion_ids": t["chosen_ids"]})
     if not rows:

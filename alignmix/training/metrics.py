@@ -111,7 +111,7 @@ class MetricsCallback(TrainerCallback):
         self.warnings: list[dict[str, Any]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step and "train_runtime" not in r]
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step and "warnings" in r]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in kept))
         steps = [r for r in kept if "warnings" in r]

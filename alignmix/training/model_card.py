@@ -33,7 +33,12 @@ def render_model_card(result: dict[str, Any], mix_dir: str | Path, card_dir: str
         "pipeline_tag": "text-generation",
         "tags": ["alignmix", "trl", kind, "lora" if cfg["quantize"] != "4bit" else "qlora"],
     }
-    method = "SFT (loss on assistant tokens)" if kind == "sft" else f"DPO, {cfg['loss']} loss, beta {cfg['beta']}"
+    if kind == "sft":
+        method = "SFT, loss on the assistant tokens only"
+    else:
+        method = f"DPO, {cfg['loss']} loss, beta {cfg['beta']}; reference = the base with the adapter disabled"
+    recipe = f" (recipe `{facts['name']}`, hash `{str(facts.get('recipe_hash'))[:12]}`)" if facts.get("name") else ""
+    card_link = f"its data card: [{link}]({link})" if data_card.exists() else f"no data card at [{link}]({link})"
     lines = [
         "---",
         yaml.safe_dump(header, sort_keys=False).strip(),
@@ -41,11 +46,9 @@ def render_model_card(result: dict[str, Any], mix_dir: str | Path, card_dir: str
         "",
         f"# {Path(result['out_dir']).name}: a LoRA adapter trained by alignmix ({kind.upper()})",
         "",
-        f"- **Method**: {method}; reference = the base with the adapter disabled" if kind == "dpo" else f"- **Method**: {method}",
+        f"- **Method**: {method}",
         f"- **Base model**: `{result['base_model']}`",
-        f"- **Data**: the mix at `{mix_dir}`"
-        + (f" (recipe `{facts['name']}`, hash `{str(facts.get('recipe_hash'))[:12]}`)" if facts.get("name") else "")
-        + (f"; its data card: [{link}]({link})" if data_card.exists() else f"; data card expected at [{link}]({link}) (absent)"),
+        f"- **Data**: the mix at `{mix_dir}`{recipe}; {card_link}",
         f"- **Train rows**: {result['train']['rows']}"
         + (f" (set aside: {result['train']['rows_set_aside']})" if result["train"]["rows_set_aside"] else ""),
         f"- **Steps**: {result['train']['steps']}, {result['train']['runtime_s']} s"

@@ -26,7 +26,8 @@ def wants_4bit(config: TrainConfig) -> bool:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise RuntimeError("quantize=4bit needs bitsandbytes: pip install 'alignmix[cuda]'")
         return True
-    return config.quantize == "auto" and torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    return config.quantize == "auto" and torch.cuda.is_available() and has_bnb
 
 
 def compute_dtype() -> torch.dtype:

@@ -109,5 +109,6 @@ def _train_sft(mix_dir: str | Path, layout: Layout, config: SFTTrainConfig) -> d
             "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
         },
     )
-    log.info("sft: %s steps, test nll %s -> %s", figures["steps"], before.get("nll_per_token"), after.get("nll_per_token"))
+    log.info("sft: %s steps, test nll %s -> %s", figures["steps"], before.get("nll_per_token"),
+             after.get("nll_per_token"))
     return result

@@ -1,7 +1,5 @@
-"""Designed rows and a tiny loader of the real files in ../shared/data for the filter tests.
-
-The loader builds rows with schema.preference_row directly (the format adapters live elsewhere), so these
-tests depend only on the row contract.
+"""Designed rows (built with schema.preference_row / sft_row) and a small loader of the real files in
+../shared/data through the project's format adapters, for the filter tests.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 
 from alignmix.filters.exact_dedup import ExactDedup
 from alignmix.filters.minhash import shingles, sketch
-from alignmix.filters.near_dedup import NearDedup, NearDedupConfig, candidate_pairs, near_duplicate_clusters
+from alignmix.filters.near_dedup import NearDedup, NearDedupConfig, near_duplicate_clusters
 from alignmix.pipeline.schema import sft_row, to_frame
 from tests.filters.rows import by_source_id, jsonl, pref, prefs, sft, sfts
 from tests.stage_contract import assert_stage_contract
@@ -140,3 +140,23 @@ def test_data_juicer_demo_duplicates(shared_data):
                 expected_dups.add(ids[b])
     assert exact_rej["source_id"].to_list() == EXPECTED_EXACT
     assert sorted(near_rej["source_id"]) == sorted(expected_dups) == EXPECTED_NEAR
+
+
+def test_the_flow_recipe_in_the_module_docstring_equals_score():
+    from alignmix.filters.lsh import band_keys, bucket_pairs, clusters, unique_pairs, verify_pairs
+    from alignmix.filters.minhash import concat_sketches
+
+    texts = [BASE, "x y z " * 5, BASE + " ok", "!!!", BASE.upper(), "other text " * 4, BASE + " again"]
+    frame = prefs(*[pref(i, "a", "b", prompt=t) for i, t in enumerate(texts)])
+    stage = NearDedup()
+    cfg = stage.config
+    sks = [sketch(texts[:3]), sketch(texts[3:])]
+    keys = [band_keys(sk.signatures, cfg.bands, cfg.rows) for sk in sks]
+    sk = concat_sketches(sks)
+    k = np.concatenate(keys)
+    empty = np.diff(sk.offsets) == 0
+    pairs = unique_pairs(np.concatenate([bucket_pairs(k[:, b], empty) for b in range(cfg.bands)]))
+    pairs, sims = verify_pairs(pairs, sk, cfg.threshold, cfg.verify)
+    scored = stage.score_clusters(frame, clusters(len(sk), pairs), pairs, sims)
+    assert scored.equals(stage.score(frame))
+    assert scored["drop_reason"].to_list() == [None, None, "near_duplicate", None, "near_duplicate", None, "near_duplicate"]

@@ -1,6 +1,5 @@
 """Length limits, the length-bias ratio, the before/after picture and the balancing mode."""
 
-import polars as pl
 import pytest
 
 from alignmix.filters.length import LengthFilter, balance_mask
@@ -81,3 +80,26 @@ def test_balance_mask_buckets_separately():
 def test_tokens_need_a_tokenizer():
     with pytest.raises(ValueError, match="tokenizer"):
         LengthFilter({"unit": "tokens"})
+
+
+def test_words_split_on_any_whitespace_and_chars_count_every_character():
+    frame = prefs(pref(0, "a \n\n b\tc", "d e f"))
+    assert LengthFilter().run(frame).kept["chosen_len"].to_list() == [3]
+    assert LengthFilter({"unit": "chars"}).run(frame).kept["chosen_len"].to_list() == [8]
+
+
+@pytest.mark.slow
+def test_tokens_of_the_default_model():
+    from transformers import AutoTokenizer
+
+    from alignmix.pipeline.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("default"))
+    chosen, rejected = "Hello there, how are you today?", "Hi"
+    frame = prefs(pref(0, chosen, rejected), pref(1, "one two", "three four"))
+    kept, rejected_rows, _ = assert_stage_contract(LengthFilter({"unit": "tokens", "tokenizer": "default"}), frame)
+    n_chosen = len(tok(chosen, add_special_tokens=False)["input_ids"])
+    n_rejected = len(tok(rejected, add_special_tokens=False)["input_ids"])
+    assert n_chosen / n_rejected > 2.0
+    assert by_source_id(rejected_rows) == {"0": ("length_ratio", str(round(n_chosen / n_rejected, 4)))}
+    assert kept["chosen_len"].to_list() == [len(tok("one two", add_special_tokens=False)["input_ids"])]

@@ -116,6 +116,7 @@ def test_exact_jaccard_equals_python_sets_and_signature_estimate_is_close():
     sets = [set(shingles(t, 5)) for t in texts]
     want = [len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in pairs]
     assert np.allclose(got, want)
+    assert np.array_equal(exact_jaccard(pairs, sk, chunk=10), got)  # chunks smaller than one pair's sets
     assert got[2] == 1.0 and abs(signature_jaccard(pairs, sk.signatures)[0] - want[0]) < 0.2
 
 

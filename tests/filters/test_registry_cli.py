@@ -86,3 +86,16 @@ def test_review_command(ingested):
     assert result.exit_code == 0, result.output
     assert "reviewed 2 pairs" in result.output
     assert (ingested / "in" / "review" / "verdicts.jsonl").exists()
+
+
+def test_every_stage_handles_an_empty_frame_and_a_single_row(tmp_path):
+    from alignmix.pipeline.schema import empty_frame
+    from tests.stage_contract import assert_stage_contract
+
+    evals = tmp_path / "e.jsonl"
+    evals.write_text('{"prompt": "x y z"}\n')
+    for name in STAGES:
+        stage = build_stage({"stage": name, **({"evals": [{"path": str(evals)}]} if name == "decontam" else {})})
+        for frame in (empty_frame("preference"), prefs(pref(0, "A fine answer.", "A worse answer."))):
+            kept, rejected, _ = assert_stage_contract(stage, frame)
+            assert kept.height == frame.height and rejected.height == 0, name

@@ -207,3 +207,27 @@ def test_hf_dataset_source_ingests_and_resumes(shared_data, tmp_path, monkeypatc
     assert rejected["file"][0] == f"hf:{repo}:train"
     again = ingest_sources([f"hf:{repo}:train"], tmp_path / "out")
     assert again.sources[0]["resumed"] is True
+
+
+def test_worker_processes_give_the_same_bytes(tmp_path):
+    """Parsing and converting in worker processes changes nothing in the output, only where it runs."""
+    path = tmp_path / "broken.jsonl"
+    good = b"".join(line(conv((U, f"question {i}"), (A, f"answer {i}"))) + b"\n" for i in range(30))
+    path.write_bytes(good + b"\n".join(raw for raw, _ in BROKEN) + b"\n" + good[: len(good) // 2])
+    spec = SourceSpec(name="b", path=str(path))
+    one = ingest_source(spec, tmp_path / "one", rows_per_shard=16)
+    two = ingest_source(spec, tmp_path / "two", rows_per_shard=16, workers=2, batch_size=7)  # 11 batches
+    assert (two["rows_in"], two["rows_kept"], two["dropped"]) == (one["rows_in"], one["rows_kept"], one["dropped"])
+    assert one["dropped"]["duplicate_content"] == 1 + 15  # the repeated BROKEN row, and the repeated half
+    assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in one["shards"]]
+    assert sha256_file(tmp_path / "one/rejected/ingest-b.parquet") == sha256_file(tmp_path / "two/rejected/ingest-b.parquet")
+
+
+def test_empty_source_needs_a_format_and_then_gives_one_empty_shard(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(IngestError, match="empty.jsonl: holds no records; give --format"):
+        ingest_source(SourceSpec(name="e", path=str(empty)), tmp_path / "a")
+    stats = ingest_source(SourceSpec(name="e", path=str(empty), format="alpaca"), tmp_path / "b")
+    assert (stats["rows_in"], [s["rows"] for s in stats["shards"]]) == (0, [0])
+    assert MixStore(tmp_path / "b").read().columns == ["messages", "id", "source", "source_id", "meta"]

@@ -99,3 +99,11 @@ def test_stage_contract_on_a_toy_stage():
     assert stats.dropped == {"too_long": 2} and stats.config == {"max_words": 3}
     with pytest.raises(ValidationError, match="max_wrds"):
         MaxWords({"max_wrds": 3})  # a typo in a recipe never passes silently
+
+
+def test_row_errors_survive_pickling_with_all_fields():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(RowError("empty_turn", "messages[1].content", "the assistant turn is empty")))
+    assert (err.reason, err.field, err.detail()) == ("empty_turn", "messages[1].content",
+                                                     "messages[1].content: the assistant turn is empty")

@@ -15,18 +15,16 @@ UF = "ultrafeedback/eval_clean.jsonl"
 ALPACA = "llama_factory/alpaca_en_demo.json"
 
 
-def uf_pairs(shared_data: Path, n: int, max_chars: int = 700) -> list[dict]:
-    """The first `n` UltraFeedback pairs whose prompt and responses are short (CPU tests: short sequences),
-    and whose scores differ (a tie says nothing about preference)."""
+def uf_pairs(shared_data: Path, n: int, max_prompt_chars: int = 200) -> list[dict]:
+    """The first `n` UltraFeedback pairs whose prompt is short (CPU tests use short sequences: the prompt must
+    leave room for the responses, which are truncated) and whose scores differ (a tie says nothing)."""
     out = []
     for line in (shared_data / UF).read_bytes().split(b"\n"):
         if not line.strip():
             continue
         rec = orjson.loads(line)
         meta = rec.get("metadata") or {}
-        if meta.get("score_chosen") == meta.get("score_rejected"):
-            continue
-        if max(len(rec["prompt"]), len(rec["chosen"]), len(rec["rejected"])) > max_chars:
+        if meta.get("score_chosen") == meta.get("score_rejected") or len(rec["prompt"]) > max_prompt_chars:
             continue
         out.append(rec)
         if len(out) == n:

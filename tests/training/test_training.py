@@ -119,6 +119,18 @@ def test_preference_rows_become_prompt_chosen_rejected_and_mismatches_get_a_reas
     assert prepared.rejected[0]["id"] == "b"
 
 
+def test_pairs_whose_prompt_fills_max_length_are_set_aside_with_a_reason(tokenizer):
+    from alignmix.training.data import Prepared, drop_long_prompts
+
+    def pair(i, prompt):
+        return {"id": str(i), "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": "Yes."}], "rejected": [{"role": "assistant", "content": "No."}]}
+
+    kept = drop_long_prompts(Prepared([pair(0, "Is water wet?"), pair(1, "word " * 200)]), tokenizer, 96)
+    assert [r["id"] for r in kept.rows] == ["0"]
+    assert kept.rejected_counts() == {"prompt_too_long": 1} and kept.rejected[0]["id"] == "1"
+
+
 def test_each_warning_fires_on_the_signal_built_to_trip_it():
     first = {"step": 1, "rewards/margins": 0.0, "logps/chosen": -100.0, "kl": 0.0}
     calm = {"step": 5, "rewards/margins": 1.0, "logps/chosen": -110.0, "kl": 2.0}
@@ -205,6 +217,7 @@ def test_sft_trainer_labels_equal_the_assistant_mask(sft_run, sft_mix):
 @pytest.mark.slow
 def test_dpo_after_sft_writes_metrics_eval_card_and_changes_the_adapter(dpo_run, sft_run, pref_mix):
     assert dpo_run["base_model"] == str(Path(dpo_run["out_dir"]) / "base")  # the merged SFT model
+    assert dpo_run["train"]["rows"] == 8 and dpo_run["train"]["rows_set_aside"] == {}
     assert all(float(t.abs().sum()) > 0 for t in _lora_b(dpo_run["adapter"]).values())
     steps = [r for r in read_metrics(dpo_run["metrics"]) if "warnings" in r]
     assert [r["step"] for r in steps] == [1, 2]
@@ -268,9 +281,36 @@ def test_reference_logps_equal_the_base_models(dpo_run, pref_mix):
         start, end = comp.index(1), sum(attn)
         seqs.append({"prompt_ids": ids[:start], "completion_ids": ids[start:end]})
     base_logps, _ = completion_logps(base, seqs, tok.pad_token_id)
-    policy_logps, _ = completion_logps(trainer.model, seqs, tok.pad_token_id)
+    policy_logps, lens = completion_logps(trainer.model, seqs, tok.pad_token_id)
     torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]).cpu(), base_logps, atol=2e-3, rtol=1e-5)
     assert (policy_logps - base_logps).abs().max() > 1e-2  # the adapter is on outside the reference
+
+    # SimPO on the same batch: -log sigmoid(beta * (mean logp chosen - mean logp rejected) - gamma), no reference.
+    trainer.simpo_gamma, trainer.beta = 1.0, 2.0
+    loss = trainer._simpo_loss(trainer.model, batch)
+    avg_c, avg_r = (policy_logps / lens).chunk(2)
+    expected = -torch.nn.functional.logsigmoid(2.0 * (avg_c - avg_r) - 1.0).mean()
+    torch.testing.assert_close(loss.detach().cpu(), expected, atol=1e-4, rtol=1e-4)
+    assert trainer._metrics["train"]["rewards/chosen"][-1] == pytest.approx(float(2.0 * avg_c.mean()), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_beta_sweep_reports_each_beta_side_by_side(pref_mix, tmp_path):
+    from typer.testing import CliRunner
+
+    from alignmix.cli import app
+
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["train", "beta-sweep", "--mix", str(pref_mix), "--out", str(out),
+                                   "--betas", "0.05,0.5", "--max-steps", "1",
+                                   *[f"--set={o}" for o in TINY], "--set", "eval_rows=2", "--set", "generations=0"])
+    assert res.exit_code == 0, res.output
+    sweep = orjson.loads((out / "sweep.json").read_bytes())
+    assert [r["beta"] for r in sweep["runs"]] == [0.05, 0.5]
+    for run in sweep["runs"]:
+        assert run["test_reward_accuracy"] is not None and run["kl"] is not None
+        assert orjson.loads((Path(run["out_dir"]) / "result.json").read_bytes())["config"]["beta"] == run["beta"]
+    assert "DPO beta sweep" in res.output
 
 
 @pytest.mark.cuda
