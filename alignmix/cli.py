@@ -362,6 +362,19 @@ def _print_run(result: dict) -> None:
                   highlight=False)
 
 
+def _run_training(run, show: bool = True):
+    """Run; a bad mix, config or machine (TrainingDataError, ValueError, RuntimeError) is an error message."""
+    from alignmix.training.data import TrainingDataError
+
+    try:
+        result = run()
+    except (TrainingDataError, ValueError, RuntimeError, FileNotFoundError) as err:
+        fail(str(err))
+    if show:
+        _print_run(result)
+    return result
+
+
 _SET_HELP = "override any config field: --set lora.r=8 --set warmup_ratio=0 (repeatable; see `config.py`)"
 
 
@@ -385,7 +398,7 @@ def train_sft_cmd(
     cfg = _train_config("sft", config, model, {"max_steps": max_steps, "learning_rate": learning_rate,
                                                "batch_size": batch_size, "max_length": max_length,
                                                "quantize": quantize, "merge": merge}, sets)
-    _print_run(train_sft(mix, out, cfg))
+    _run_training(lambda: train_sft(mix, out, cfg))
 
 
 @train_app.command("dpo")
@@ -410,7 +423,7 @@ def train_dpo_cmd(
     cfg = _train_config("dpo", config, model, {"loss": loss, "beta": beta, "max_steps": max_steps,
                                                "learning_rate": learning_rate, "batch_size": batch_size,
                                                "max_length": max_length, "quantize": quantize, "merge": merge}, sets)
-    _print_run(train_dpo(mix, out, cfg))
+    _run_training(lambda: train_dpo(mix, out, cfg))
 
 
 @train_app.command("beta-sweep")
@@ -433,7 +446,7 @@ def train_beta_sweep_cmd(
     except ValueError:
         fail(f"--betas {betas!r}: expected numbers separated by commas, e.g. 0.05,0.1,0.5")
     cfg = _train_config("dpo", config, model, {"max_steps": max_steps}, sets)
-    sweep = beta_sweep(mix, out, cfg, values)
+    sweep = _run_training(lambda: beta_sweep(mix, out, cfg, values), show=False)
     table = Table(title=f"DPO beta sweep ({sweep['loss']} loss)")
     columns = [k for k in sweep["runs"][0] if k != "out_dir"]
     for c in columns:

@@ -167,9 +167,8 @@ def _generators(recipe: Recipe, kind: str | None) -> list[str]:
 
 
 def _run_generators(recipe: Recipe, kind: str | None) -> dict[str, str]:
-    names = _generators(recipe, kind)
-    futures = [generate_task.submit(recipe, n) for n in names]
-    return {n: f.result() for n, f in zip(names, futures)}
+    # One after another: each generator already uses the whole machine (all cores, or the whole GPU with vLLM).
+    return {n: generate_task(recipe, n) for n in _generators(recipe, kind)}
 
 
 @flow(name="generate-magpie", log_prints=True)
@@ -311,10 +310,8 @@ def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dic
     mix_dir.mkdir(parents=True, exist_ok=True)
     print(f"building {r.name!r} into {mix_dir}")
 
-    part_dirs: dict[str, str] = {}
-    generated = {n: generate_task.submit(r, n) for n in _generators(r, None)}
-    sources = {s.name: read_source_task.submit(r, s.name) for s in r.sources}
-    part_dirs.update({n: f.result() for n, f in generated.items()})
+    sources = {s.name: read_source_task.submit(r, s.name) for s in r.sources}  # read while generating
+    part_dirs = _run_generators(r, None)
     part_dirs.update({n: f.result() for n, f in sources.items()})
     if r.preferences:
         pref_dir = build_preferences_flow(recipe, part_dirs)

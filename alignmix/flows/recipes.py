@@ -1,10 +1,16 @@
-"""A flow's one parameter is a recipe: a path to a YAML file, the name of a bundled recipe, or inline YAML."""
+"""A flow's one parameter is a recipe: a path to a YAML file, the name of a bundled recipe, or inline YAML.
+
+Every section is validated here, before any compute is spent: the generators and preferences by synth's
+configs, the curation stages by the filter registry, the training runs by training's configs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from alignmix.pipeline.recipe import Recipe, load_recipe
+from pydantic import ValidationError
+
+from alignmix.pipeline.recipe import Recipe, RecipeError, format_validation_error, load_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -12,8 +18,32 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 def resolve_recipe(ref: str | dict) -> Recipe:
     """`recipes/demo.yaml`, `demo` (a bundled recipe) or a YAML document as a string."""
     if isinstance(ref, dict):
-        return load_recipe(ref)
-    text = str(ref)
-    if "\n" not in text and not text.endswith((".yaml", ".yml")) and (RECIPES_DIR / f"{text}.yaml").exists():
-        return load_recipe(RECIPES_DIR / f"{text}.yaml")
-    return load_recipe(text)
+        recipe, origin = load_recipe(ref), "<recipe>"
+    else:
+        text = str(ref)
+        if "\n" not in text and not text.endswith((".yaml", ".yml")) and (RECIPES_DIR / f"{text}.yaml").exists():
+            text = str(RECIPES_DIR / f"{text}.yaml")
+        recipe, origin = load_recipe(text), (text if "\n" not in text else "<inline recipe>")
+    validate_sections(recipe, origin)
+    return recipe
+
+
+def validate_sections(recipe: Recipe, origin: str) -> None:
+    """Raise RecipeError naming the section, the field and the fix for any section its owner rejects."""
+    from alignmix.filters.registry import build_stage
+    from alignmix.synth.config import PreferencesConfig, parse_generator
+    from alignmix.training import TrainingSection
+
+    checks = [(f"generators[{i}]", lambda g=g: parse_generator(g)) for i, g in enumerate(recipe.generators)]
+    checks += [(f"curation[{i}]", lambda c=c: build_stage(c)) for i, c in enumerate(recipe.curation)]
+    if recipe.preferences:
+        checks.append(("preferences", lambda: PreferencesConfig.model_validate(recipe.preferences)))
+    if recipe.training:
+        checks.append(("training", lambda: TrainingSection.model_validate(recipe.training)))
+    for where, check in checks:
+        try:
+            check()
+        except ValidationError as err:
+            raise RecipeError(format_validation_error(err, f"{origin}: {where}")) from None
+        except ValueError as err:
+            raise RecipeError(f"{origin}: {where}: {err}") from None

@@ -173,8 +173,30 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     recipe = parse_recipe(data, origin)
     if base is not None:
         for s in recipe.sources:
-            if s.path and not Path(s.path).is_absolute() and not Path(s.path).exists():
-                candidate = base / s.path
-                if candidate.exists():
-                    s.path = str(candidate)
+            s.path = _near(s.path, base)
+        for section in (recipe.generators, recipe.curation):
+            _resolve_paths(section, base)
     return recipe
+
+
+PATH_KEYS = ("path", "seed_tasks")
+
+
+def _near(path: str | None, base: Path) -> str | None:
+    """A relative path that does not exist from the working directory but does from the recipe's folder."""
+    if path and not Path(path).is_absolute() and not Path(path).exists() and (base / path).exists():
+        return str(base / path)
+    return path
+
+
+def _resolve_paths(node: Any, base: Path) -> None:
+    """Resolve file paths nested in recipe sections (seed task files, evaluation sets) like source paths."""
+    if isinstance(node, list):
+        for item in node:
+            _resolve_paths(item, base)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in PATH_KEYS and isinstance(value, str):
+                node[key] = _near(value, base)
+            else:
+                _resolve_paths(value, base)

@@ -272,6 +272,9 @@ class MixStore:
         recorded = {}
         for p in outputs:
             p = Path(p)
-            rel = p.relative_to(self.root) if p.is_absolute() else p
+            try:
+                rel = p.relative_to(self.root)
+            except ValueError:  # already relative to the root
+                rel = p
             recorded[str(rel)] = sha256_file(self.root / rel)
         self.write_stats(stage, {**stats, "fingerprint": stage_fingerprint, "outputs": recorded})

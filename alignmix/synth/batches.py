@@ -115,6 +115,12 @@ class BatchStore:
         return self.store.read_stats(self.stage)
 
 
+def stage_rows(root: str | Path, stage: str) -> pl.DataFrame | None:
+    """The kept rows of every finished batch of `stage` under `root`, in batch order (None if there are none)."""
+    files = sorted((Path(root) / "batches" / stage).glob("*.kept.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed") if files else None
+
+
 def rejected_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=REJECTED_SCHEMA) if rows else pl.DataFrame(schema=REJECTED_SCHEMA)
 

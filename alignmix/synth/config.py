@@ -151,7 +151,9 @@ class BinarizeConfig(_Strict):
 
 class PreferencesConfig(_Strict):
     name: str = Field("preferences", description="the source name recorded in each preference row")
-    prompts: str | None = Field(None, description="the source or generator whose rows give the prompts (for the flow)")
+    prompts: str | list[str] | None = Field(
+        None, description="the sources or generators whose rows give the prompts (for the flow; default: all generators)"
+    )
     limit: int | None = Field(None, gt=0, description="use at most this many prompts")
     seed: int = 0
     prompts_per_batch: int = Field(8, gt=0, description="prompts per written (resumable) batch")

@@ -25,7 +25,7 @@ import polars as pl
 
 from alignmix.pipeline.store import MixStore, fingerprint
 from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend, request_seed
-from alignmix.synth.batches import BatchStore, Timer, rejected_frame
+from alignmix.synth.batches import BatchStore, Timer, rejected_frame, stage_rows
 from alignmix.synth.config import JudgeConfig, PreferencesConfig
 from alignmix.synth.progress import maybe_progress
 
@@ -156,16 +156,16 @@ def _letter(text: str) -> str | None:
 
 
 def _response_rows(source: Any) -> pl.DataFrame:
-    """Response rows from a frame, or a directory `generate responses` wrote (data/, else its batches)."""
+    """Response rows from a frame, or a directory `generate responses` wrote (its batches, else its data/)."""
     if isinstance(source, pl.DataFrame):
         return source
+    rows = stage_rows(source, "responses")
+    if rows is not None:
+        return rows
     store = MixStore(source)
-    if store.shard_files():
-        return store.read()
-    files = sorted((Path(source) / "batches" / "responses").glob("*.kept.parquet"))
-    if not files:
+    if not store.shard_files():
         raise FileNotFoundError(f"{source} holds no responses: run `alignmix generate responses ... --out {source}` first")
-    return pl.concat([pl.read_parquet(f) for f in files])
+    return store.read()
 
 
 def judge_batch(judge: Judge, rows: pl.DataFrame, progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:

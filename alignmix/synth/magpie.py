@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 
 from alignmix.pipeline.schema import RowError, content_id, sft_row, to_frame
@@ -156,9 +157,10 @@ def generate_batch(
             if reason is None:
                 turns[i].append({"role": "assistant", "content": text})
             else:
-                turns[i].pop()  # the unanswered user turn goes
+                question = turns[i].pop()["content"]  # the unanswered user turn goes
+                metas[i]["response_raw"] = res.text
                 if turn == 0:
-                    failed[i] = (reason, f"turn {turn}: {res.completion_tokens} tokens", text)
+                    failed[i] = (reason, f"turn {turn}: {res.completion_tokens} tokens", question)
                 else:
                     stopped[i] = reason
     common = {
@@ -191,8 +193,6 @@ def generate_batch(
 
 
 def _rejected(source: str, source_id: str, text: str, meta: dict, reason: str, detail: str) -> dict[str, Any]:
-    import orjson
-
     return {
         "id": content_id({"messages": [{"role": "user", "content": f"{source}/{source_id}/{text}"}]}),
         "source": source,

@@ -21,7 +21,8 @@ import polars as pl
 
 from alignmix.pipeline.store import MixStore, fingerprint, write_shards
 from alignmix.synth.config import PreferencesConfig
-from alignmix.synth.judge import Judge, _response_rows, judge_responses
+from alignmix.synth.batches import stage_rows
+from alignmix.synth.judge import Judge, judge_responses
 from alignmix.synth.binarize import BinarizeStageConfig, Binarizer, prompt_groups, to_preference_rows
 from alignmix.synth.progress import maybe_progress
 from alignmix.synth.responses import generate_responses
@@ -31,12 +32,13 @@ VERSION = "binarize-v1"
 
 
 def _rated_rows(source: Any) -> pl.DataFrame:
+    """Rated response rows from a frame, or a directory the judge wrote (its batches, else its data/)."""
     if isinstance(source, pl.DataFrame):
         return source
-    files = sorted((Path(source) / "batches" / "judge").glob("*.kept.parquet"))
-    if files:
-        return pl.concat([pl.read_parquet(f) for f in files])
-    return _response_rows(source)
+    rows = stage_rows(source, "judge")
+    if rows is None:
+        raise FileNotFoundError(f"{source} holds no judged responses: run `alignmix judge` first")
+    return rows
 
 
 def binarize_ratings(

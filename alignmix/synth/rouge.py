@@ -90,6 +90,7 @@ class RougeFilter:
         self._lengths = np.zeros(1024, dtype=np.int64)
         self._long: dict[int, list[int]] = {}  # rows longer than the matrix width keep their full token list
         self._n = 0
+        self._lookup = np.zeros(1024, dtype=np.uint64)  # token id -> match mask of the instruction being scored
         for t in texts:
             self.add(t)
 
@@ -158,26 +159,27 @@ class RougeFilter:
         return self._tokens[k, : self._lengths[k]].tolist()
 
     def _lcs_vectorized(self, new: list[int], cand: np.ndarray) -> np.ndarray:
-        # Bit i of masks[tok] is set where new[i] == tok; every kept row is scanned token by token at once.
-        table = {}
+        # Bit i of the mask of token t is set where new[i] == t; every kept row is scanned token by token at once.
+        vocab = len(self._vocab)
+        if len(self._lookup) <= vocab:
+            self._lookup = np.zeros(2 * vocab + 2, dtype=np.uint64)
+        masks: dict[int, int] = {}
         for i, tok in enumerate(new):
             if tok >= 0:
-                table[tok] = table.get(tok, 0) | (1 << i)
+                masks[tok] = masks.get(tok, 0) | (1 << i)
+        for tok, m in masks.items():
+            self._lookup[tok] = m
         long_rows = [i for i, k in enumerate(cand) if int(k) in self._long]
-        sub = self._tokens[cand, : int(self._lengths[cand].max(initial=0)) if not long_rows else self._width]
-        keys = np.fromiter(table.keys(), dtype=np.int64, count=len(table))
-        vals = np.fromiter(table.values(), dtype=np.uint64, count=len(table))
-        order = np.argsort(keys)
-        keys, vals = keys[order], vals[order]
+        width = self._width if long_rows else int(self._lengths[cand].max(initial=0))
+        # One contiguous array per token position; padding (-1) reads the last, always-zero lookup entry.
+        columns = np.ascontiguousarray(self._tokens[cand, :width].T)
         full = np.uint64((1 << len(new)) - 1) if len(new) < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
         v = np.full(len(cand), full, dtype=np.uint64)
-        for j in range(sub.shape[1]):
-            col = sub[:, j]
-            pos = np.searchsorted(keys, col)
-            pos = np.minimum(pos, len(keys) - 1)
-            m = np.where(keys[pos] == col, vals[pos], np.uint64(0))
-            u = v & m
+        for col in columns:
+            u = v & self._lookup[col]
             v = ((v + u) | (v - u)) & full
+        for tok in masks:
+            self._lookup[tok] = 0
         lcs = len(new) - np.bitwise_count(v).astype(np.int64)
         for i in long_rows:  # the few rows longer than the matrix: exact, in Python
             lcs[i] = lcs_length(new, self._row(int(cand[i])))

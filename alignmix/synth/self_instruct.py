@@ -9,7 +9,9 @@ it continue the list. New instructions pass the paper's filters in order, each d
     bad_start               starts with punctuation or a non-ASCII character
     truncated_instruction   cut by the token limit
     rouge_similar           ROUGE-L > 0.7 against a kept instruction (seed or generated)
-    count_reached           generated after the target count was reached
+    truncated_instance, instance_unparseable, empty_output, empty_input
+                            the instance could not be read off the model's continuation
+    count_reached           a complete row made after the target count was reached
 
 Kept instructions are labelled classification or not (few-shot, from the seed labels) and get an instance:
 input-first for ordinary tasks, output-first (class label, then input) for classification tasks, as the
@@ -130,11 +132,9 @@ class SelfInstruct:
         self.rouge = RougeFilter([t.instruction for t in self.seeds], threshold=cfg.rouge_threshold)
         self.machine: list[str] = []
         self.kept_total = 0
-        try:
-            self.backend.chat_template() and self.backend.render_chat([{"role": "user", "content": "x"}])
-            self.format = "chat-prefill"
-        except ValueError:
-            self.format = "plain"
+        # With a chat template, the few-shot list is the start of the assistant's turn (the model continues its
+        # own list); without one, the prompt is plain text, as the paper's GPT-3 completions were.
+        self.format = "chat-prefill" if self.backend.chat_template() else "plain"
 
     def remember(self, kept: pl.DataFrame, rejected: pl.DataFrame) -> None:
         """Replay a finished batch (on resume): every instruction the ROUGE filter admitted, in the order it was
@@ -189,8 +189,6 @@ class SelfInstruct:
                 base = {"instruction": ins, "request": j, "request_seed": seeds[j], "position": k}
                 sid = f"{b:05d}-{j:03d}-{k:02d}"
                 verdict = ("truncated_instruction", "cut by the token limit") if cut else filter_reason(ins, cfg)
-                if verdict is None and self.kept_total + len(candidates) >= cfg.count:
-                    verdict = ("count_reached", f"{cfg.count} instructions already kept")
                 if verdict is None:
                     keep, similar, score = self.rouge.offer(ins)
                     base.update(most_similar=similar, rouge_l=round(score, 6))
@@ -220,6 +218,9 @@ class SelfInstruct:
             self.machine.append(c["instruction"])
             if why:
                 rejected.append(self._rejected(c["source_id"], c["instruction"], meta, *why))
+                continue
+            if self.kept_total + len(kept) >= cfg.count:
+                rejected.append(self._rejected(c["source_id"], c["instruction"], meta, "count_reached", f"{cfg.count} rows kept"))
                 continue
             user = c["instruction"] + (f"\n\n{inp}" if inp else "")
             try:

@@ -54,6 +54,19 @@ def read_split(mix_dir: str | Path, split: str, kind: str, limit: int | None = N
     return frame.head(limit) if limit else frame
 
 
+def read_sft_split(mix_dir: str | Path, split: str, limit: int | None = None) -> pl.DataFrame:
+    """SFT conversations of a split: the `messages` of SFT rows, or, in a preference mix, each pair's `chosen`
+    conversation (SFT on the preferred responses, the usual step before DPO on the same mix)."""
+    store = MixStore(mix_dir)
+    if not store.shard_files(split):
+        have = ", ".join(store.splits()) or "none"
+        raise TrainingDataError(f"{store.data_dir} has no {split!r} shards (splits present: {have})")
+    frame = store.read(split)
+    if row_kind(frame) == "preference":
+        frame = frame.select("id", pl.col("chosen").alias("messages"))
+    return frame.head(limit) if limit else frame
+
+
 def has_split(mix_dir: str | Path, split: str) -> bool:
     return bool(MixStore(mix_dir).shard_files(split))
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer
 
+from alignmix.pipeline.store import write_json
 from alignmix.training import evaluate as ev
 from alignmix.training.config import DPOTrainConfig
 from alignmix.training.data import (
@@ -31,7 +32,6 @@ from alignmix.training.data import (
     preference_examples,
     read_split,
 )
-from alignmix.pipeline.store import write_json
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
 from alignmix.training.outputs import (
@@ -39,10 +39,10 @@ from alignmix.training.outputs import (
     device_figures,
     finish_run,
     last_checkpoint,
+    prepare_run,
     run_lock,
     train_figures,
     trainer_kwargs,
-    write_config,
 )
 
 log = logging.getLogger("alignmix.training")
@@ -155,18 +155,18 @@ def train_dpo(mix_dir: str | Path, out_dir: str | Path, config: DPOTrainConfig |
 
 
 def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> dict[str, Any]:
-    write_config(config, layout, "dpo")
+    prepare_run(config, layout, "dpo")
+    # Read and check the data before loading the model, so that a wrong mix fails before any compute.
+    train = preference_examples(read_split(mix_dir, "train", "preference", config.max_train_rows))
+    test = Prepared([])
+    if config.eval_rows and has_split(mix_dir, "test"):
+        test = preference_examples(read_split(mix_dir, "test", "preference", config.eval_rows))
     model, tokenizer, base_path = load_policy(config, layout.root)
-    train = drop_long_prompts(
-        preference_examples(read_split(mix_dir, "train", "preference", config.max_train_rows)), tokenizer,
-        config.max_length)
+    train = drop_long_prompts(train, tokenizer, config.max_length)
+    test = drop_long_prompts(test, tokenizer, config.max_length)
     if not train.rows:
         raise TrainingDataError(f"{mix_dir}: no usable preference rows in train ({train.rejected_counts()}); "
                                 f"a larger max_length may help")
-    test = Prepared([])
-    if config.eval_rows and has_split(mix_dir, "test"):
-        test = drop_long_prompts(preference_examples(read_split(mix_dir, "test", "preference", config.eval_rows)),
-                                 tokenizer, config.max_length)
     test_rows = test.rows
     metrics_cb = MetricsCallback(
         layout.metrics,

@@ -8,7 +8,7 @@ length-normalized log-probability alone, so it means something before training t
 
     >>> preference_metrics(ScoredPairs(torch.tensor([-10., -30.]), torch.tensor([5., 10.]),
     ...                                torch.tensor([-20., -20.]), torch.tensor([5., 10.])), None, 0.1, "simpo")
-    {'pairs': 2, 'reward_accuracy': 0.5, 'reward_margin': 0.2, 'logp_accuracy': 0.5}
+    {'pairs': 2, 'reward_accuracy': 0.5, 'reward_margin': 0.05, 'logp_accuracy': 0.5}
 """
 
 from __future__ import annotations

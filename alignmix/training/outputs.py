@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,33 @@ def trainer_kwargs(config: TrainConfig, layout: Layout) -> dict[str, Any]:
     }
 
 
-def write_config(config: TrainConfig, layout: Layout, kind: str) -> None:
+# Fields that may change between a run and its resumption: they do not change what the checkpoints hold.
+RESUME_SAFE = {
+    "max_steps", "num_epochs", "resume", "eval_rows", "generations", "max_new_tokens", "merge", "save_steps",
+    "save_total_limit", "logging_steps", "warn_kl", "warn_margin_growth", "warn_chosen_logps_drop",
+}
+
+
+def check_resumable(config: TrainConfig, layout: Layout, kind: str) -> None:
+    """Refuse to resume checkpoints written under another config (another beta, lr, LoRA rank, ...)."""
+    if not config.resume or last_checkpoint(layout) is None or not layout.config.exists():
+        return
+    previous = (yaml.safe_load(layout.config.read_text()) or {}).get(kind, {})
+    current = config.model_dump(mode="json")
+    changed = [k for k in current if k not in RESUME_SAFE and previous.get(k) != current[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(
+            f"{layout.checkpoints} holds checkpoints of a run with another config ({diff}); pick another --out, "
+            f"or set resume=false to start over there"
+        )
+
+
+def prepare_run(config: TrainConfig, layout: Layout, kind: str) -> None:
+    """Check that the checkpoints here may be resumed, drop them when resume=false, write config.yaml."""
+    check_resumable(config, layout, kind)
+    if not config.resume and layout.checkpoints.exists():
+        shutil.rmtree(layout.checkpoints)
     with atomic_path(layout.config) as tmp:
         tmp.write_text(yaml.safe_dump({kind: config.model_dump(mode="json")}, sort_keys=False))
 
@@ -116,7 +143,10 @@ def run_lock(layout: Layout) -> Iterator[None]:
 
 def device_figures(model: Any) -> dict[str, Any]:
     """4-bit layers present and peak GPU memory (None on CPU)."""
-    four_bit = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
+    # bitsandbytes' own Linear4bit (peft's LoRA wrapper around it shares the class name, not the module)
+    four_bit = sum(
+        1 for m in model.modules() if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")
+    )
     peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
     return {"linear4bit_layers": four_bit, "peak_gpu_memory_mib": peak}
 

@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from alignmix.training import evaluate as ev
 from alignmix.training.config import SFTTrainConfig
-from alignmix.training.data import TrainingDataError, has_split, read_split, sft_examples
+from alignmix.training.data import TrainingDataError, has_split, read_sft_split, sft_examples
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
 from alignmix.training.outputs import (
@@ -28,10 +28,10 @@ from alignmix.training.outputs import (
     device_figures,
     finish_run,
     last_checkpoint,
+    prepare_run,
     run_lock,
     train_figures,
     trainer_kwargs,
-    write_config,
 )
 
 log = logging.getLogger("alignmix.training")
@@ -59,7 +59,8 @@ def build_sft_trainer(config: SFTTrainConfig, layout: Layout, model: Any, tokeni
 
 
 def train_sft(mix_dir: str | Path, out_dir: str | Path, config: SFTTrainConfig | None = None) -> dict[str, Any]:
-    """Train a LoRA adapter on the mix's `train` SFT rows; per-token NLL on `test` before and after.
+    """Train a LoRA adapter on the mix's `train` SFT rows (or, in a preference mix, the chosen conversations);
+    per-token NLL on `test` before and after.
 
     Returns the result record (also <out>/result.json), shaped like train_dpo's.
     """
@@ -70,14 +71,16 @@ def train_sft(mix_dir: str | Path, out_dir: str | Path, config: SFTTrainConfig |
 
 
 def _train_sft(mix_dir: str | Path, layout: Layout, config: SFTTrainConfig) -> dict[str, Any]:
-    write_config(config, layout, "sft")
-    model, tokenizer, base_path = load_policy(config, layout.root)
-    train = sft_examples(read_split(mix_dir, "train", "sft", config.max_train_rows), tokenizer, config.max_length)
-    if not train.rows:
-        raise TrainingDataError(f"{mix_dir}: no usable SFT rows in train ({train.rejected_counts()})")
+    prepare_run(config, layout, "sft")
+    # Read the data before loading the model, so that a wrong mix fails before any compute.
+    train_frame = read_sft_split(mix_dir, "train", config.max_train_rows)
     test_convs = []
     if config.eval_rows and has_split(mix_dir, "test"):
-        test_convs = read_split(mix_dir, "test", "sft", config.eval_rows)["messages"].to_list()
+        test_convs = read_sft_split(mix_dir, "test", config.eval_rows)["messages"].to_list()
+    model, tokenizer, base_path = load_policy(config, layout.root)
+    train = sft_examples(train_frame, tokenizer, config.max_length)
+    if not train.rows:
+        raise TrainingDataError(f"{mix_dir}: no usable SFT rows in train ({train.rejected_counts()})")
     metrics_cb = MetricsCallback(layout.metrics)
     trainer = build_sft_trainer(config, layout, model, tokenizer, train.rows, [metrics_cb])
     policy = trainer.model

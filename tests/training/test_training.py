@@ -324,3 +324,30 @@ def test_qlora_sft_uses_4bit_layers_and_reports_peak_memory(sft_mix, tmp_path):
     assert figures["linear4bit_layers"] == 30 * 7
     assert figures["peak_gpu_memory_mib"] > 0
     assert all(float(t.abs().sum()) > 0 for t in _lora_b(result["adapter"]).values())
+
+
+def test_resume_refuses_checkpoints_of_another_config(tmp_path):
+    from alignmix.training.outputs import Layout, prepare_run
+
+    layout = Layout(tmp_path)
+    prepare_run(load_config("dpo", overrides=["beta=0.1"]), layout, "dpo")
+    (layout.checkpoints / "checkpoint-2").mkdir(parents=True)
+    (layout.checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    prepare_run(load_config("dpo", overrides=["beta=0.1", "max_steps=9"]), layout, "dpo")  # longer: fine
+    with pytest.raises(ValueError, match=r"another config \(beta: 0.1 -> 0.5\)"):
+        prepare_run(load_config("dpo", overrides=["beta=0.5", "max_steps=9"]), layout, "dpo")
+    prepare_run(load_config("dpo", overrides=["beta=0.5", "resume=false"]), layout, "dpo")  # starting over: fine
+    assert not layout.checkpoints.exists()
+
+
+def test_sft_reads_the_chosen_conversations_of_a_preference_mix(pref_mix, sft_mix):
+    from alignmix.training.data import TrainingDataError, read_sft_split, read_split
+
+    pref = read_split(pref_mix, "train", "preference")
+    sft = read_sft_split(pref_mix, "train")
+    assert sft.height == 8 and sft["messages"].to_list() == pref["chosen"].to_list()
+    assert read_sft_split(sft_mix, "test")["messages"].to_list() == read_split(sft_mix, "test", "sft")["messages"].to_list()
+    with pytest.raises(TrainingDataError, match="holds sft rows, but this run needs preference rows"):
+        read_split(sft_mix, "train", "preference")
+    with pytest.raises(TrainingDataError, match=r"has no 'validation' shards \(splits present: test, train\)"):
+        read_split(sft_mix, "validation", "sft")

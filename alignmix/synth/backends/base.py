@@ -15,6 +15,7 @@ Models load lazily in `load()` (called by the first `generate`), never at constr
 from __future__ import annotations
 
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -87,17 +88,20 @@ class Backend(ABC):
         self.batch_size = batch_size
         self.options = options
         self._loaded = False
+        # One generate at a time per backend: Prefect may run tasks in threads that share a loaded model.
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Load heavy resources (weights, tokenizer, engine). Idempotent."""
         self._loaded = True
 
     def generate(self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
-        if not self._loaded:
-            self.load()
         if not requests:
             return []
-        return self._generate(list(requests), progress)
+        with self._lock:
+            if not self._loaded:
+                self.load()
+            return self._generate(list(requests), progress)
 
     @abstractmethod
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]: ...

@@ -7,6 +7,7 @@ cache (`batch_select_indices`), so a long answer does not keep short ones comput
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn, SamplingParams
@@ -60,6 +61,10 @@ class TransformersBackend(Backend):
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
+        params = inspect.signature(self.lm.forward).parameters
+        # transformers 5 renamed past_key_values to cache; only the last position's logits are needed.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._loaded = True
 
     def chat_template(self) -> str | None:
@@ -99,13 +104,10 @@ class TransformersBackend(Backend):
         active = list(range(n))
         dev = self.device
         cache = DynamicCache(config=self.lm.config)
+        kw = {self._cache_arg: cache, "use_cache": True, **self._keep}
         with torch.inference_mode():
             out = self.lm(
-                input_ids=input_ids.to(dev),
-                attention_mask=attention.to(dev),
-                position_ids=positions.to(dev),
-                past_key_values=cache,
-                use_cache=True,
+                input_ids=input_ids.to(dev), attention_mask=attention.to(dev), position_ids=positions.to(dev), **kw
             )
             last_pos = positions[:, -1]
             while True:
@@ -141,8 +143,7 @@ class TransformersBackend(Backend):
                     input_ids=torch.tensor(chosen, dtype=torch.long).unsqueeze(1).to(dev),
                     attention_mask=attention.to(dev),
                     position_ids=last_pos.unsqueeze(1).to(dev),
-                    past_key_values=cache,
-                    use_cache=True,
+                    **kw,
                 )
         results = []
         for i in range(n):
@@ -169,17 +170,21 @@ class TransformersBackend(Backend):
         if p.temperature <= 0:
             return int(torch.argmax(logits))
         logits = logits / p.temperature
-        if p.top_k and p.top_k < logits.numel():
-            kth = torch.topk(logits, p.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        k = p.top_k if p.top_k and p.top_k < logits.numel() else logits.numel()
         probs = torch.softmax(logits, dim=-1)
+        if k == logits.numel() and p.top_p >= 1.0:
+            return int(torch.multinomial(probs, 1, generator=generator))
+        # The candidates are the top-k (all tokens when k is off), cut to the smallest prefix whose mass reaches
+        # top_p. A full sort of the vocabulary is slow on CPU: the top 256 nearly always hold the nucleus, and
+        # when they do not (or k is larger) the full sort decides, so the result is exact either way.
+        head = min(k, 256)
+        values, index = torch.topk(probs, head)
+        if head < k and (p.top_p >= 1.0 or float(values.sum()) < p.top_p):
+            values, index = torch.topk(probs, k)
         if p.top_p < 1.0:
-            sorted_probs, sorted_idx = torch.sort(probs, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
-            drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, sorted_idx, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=generator))
+            drop = values.cumsum(0) - values > p.top_p
+            values = values.masked_fill(drop, 0.0)
+        return int(index[torch.multinomial(values, 1, generator=generator)])
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
