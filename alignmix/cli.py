@@ -154,7 +154,7 @@ def generate_responses_cmd(
     prompts: Path = typer.Argument(..., help="a folder alignmix wrote (SFT or preference rows), or a .txt, one prompt a line"),
     out: Path = typer.Option(..., "--out", help="the folder that receives data/ (one SFT row per response)"),
     temperatures: Optional[str] = typer.Option(None, help="one responder per temperature, e.g. 0.3,0.7,1.0,1.3"),
-    max_new_tokens: int = typer.Option(256, help="per response"),
+    max_new_tokens: int = typer.Option(256, help="per response (for the responders of --temperatures)"),
     model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
     backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
     base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),

@@ -2,8 +2,8 @@
 
 Prints JSON: held-out preference accuracy before and after (the reference model, i.e. the policy before
 training, is the named baseline for accuracy), and tokens/s of alignmix's DPO trainer against the stock
-`trl.DPOTrainer` on the same data, settings and machine (the baseline for throughput: it shows what the
-KL estimate at logging steps and the SimPO hook cost).
+`trl.DPOTrainer`, run back to back with the same data, batches and settings (the baseline for throughput:
+the difference is what the exact KL estimate at logging steps costs).
 
     .venv/bin/python bench/train.py                      # CPU defaults: ~40 steps, 256 tokens
     .venv/bin/python bench/train.py --steps 200 --max-length 1024 --batch-size 8   # on a GPU
@@ -57,25 +57,30 @@ def build_mix(root: Path, n_test: int) -> dict[str, int]:
     return {"train": len(rows) - n_test, "test": n_test, "score_ties_left_out": ties, "rows_rejected": bad}
 
 
-def stock_trl_tokens_per_s(mix: Path, cfg, steps: int, work: Path) -> dict[str, float]:
-    """The same data and settings through the stock trl.DPOTrainer (no KL estimate)."""
+def throughput(mix: Path, cfg, steps: int, work: Path, stock: bool) -> dict[str, float]:
+    """Tokens/s of `steps` DPO steps on the mix's train rows: alignmix's trainer (KL estimate at logging
+    steps) or the stock trl.DPOTrainer, same data, config, batches and seed."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from alignmix.training.data import preference_examples, read_split
+    from alignmix.training.data import drop_long_prompts, preference_examples, read_split
+    from alignmix.training.dpo import build_dpo_trainer
     from alignmix.training.modeling import load_policy, lora_config
     from alignmix.training.outputs import Layout, trainer_kwargs
 
     cfg = cfg.model_copy(update={"max_steps": steps, "save_steps": 10_000})
     model, tok, _ = load_policy(cfg, work)
-    rows = preference_examples(read_split(mix, "train", "preference")).rows
-    trainer = DPOTrainer(
-        model=model,
-        args=DPOConfig(**trainer_kwargs(cfg, Layout(work)), beta=float(cfg.beta), loss_type=[cfg.loss]),
-        train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
-        processing_class=tok,
-        peft_config=lora_config(cfg.lora),
-    )
+    rows = drop_long_prompts(preference_examples(read_split(mix, "train", "preference")), tok, cfg.max_length).rows
+    if stock:
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(**trainer_kwargs(cfg, Layout(work)), beta=float(cfg.beta), loss_type=[cfg.loss]),
+            train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
+            processing_class=tok,
+            peft_config=lora_config(cfg.lora),
+        )
+    else:
+        trainer = build_dpo_trainer(cfg, Layout(work), model, tok, rows)
     started = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - started
@@ -86,7 +91,7 @@ def stock_trl_tokens_per_s(mix: Path, cfg, steps: int, work: Path) -> dict[str, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--baseline-steps", type=int, default=8)
+    p.add_argument("--baseline-steps", type=int, default=10, help="steps of each run in the throughput pair")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -106,7 +111,9 @@ def main() -> None:
         "save_steps": 10_000, "generations": 2, "max_new_tokens": 48,
     })
     result = train_dpo(mix, work / "dpo", cfg)
-    baseline = stock_trl_tokens_per_s(mix, cfg, args.baseline_steps, work / "stock-trl")
+    # Throughput pair, back to back on the same machine: same steps, same batches (same seed), same logging steps.
+    ours = throughput(mix, cfg, args.baseline_steps, work / "tp-alignmix", stock=False)
+    stock = throughput(mix, cfg, args.baseline_steps, work / "tp-stock-trl", stock=True)
     import torch
 
     print(json.dumps({
@@ -120,10 +127,12 @@ def main() -> None:
             "after_dpo": result["eval"]["after"],
         },
         "tokens_per_s": {
-            "alignmix_dpo": result["train"]["tokens_per_s"],
-            "baseline_stock_trl_dpo": baseline["tokens_per_s"],
+            "main_run": result["train"]["tokens_per_s"],
+            f"alignmix_dpo_{args.baseline_steps}_steps": ours["tokens_per_s"],
+            f"baseline_stock_trl_dpo_{args.baseline_steps}_steps": stock["tokens_per_s"],
         },
-        "train": {k: result["train"][k] for k in ("steps", "runtime_s", "tokens", "peak_gpu_memory_mib")},
+        "train": {k: result["train"][k] for k in ("steps", "runtime_s", "tokens", "peak_gpu_memory_mib",
+                                                  "rows", "rows_set_aside", "test_rows_set_aside")},
         "final_metrics": {k: result["train"]["final"].get(k) for k in
                           ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "kl")},
         "warnings": [w["code"] for w in result["warnings"]],

@@ -128,7 +128,11 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
     except Exception as err:
         raise RuntimeError(f"stage build-preferences failed on prompts from {prompt_dirs}: {err}") from err
     _publish_part(out, recipe.out_dir())
-    get_run_logger().info("preferences: %s pairs", stats.get("rows_kept"))
+    binarized = stats.get("binarize", {})
+    get_run_logger().info(
+        "preferences: %s prompts -> %s pairs, dropped %s", binarized.get("rows_in"), binarized.get("rows_kept"),
+        binarized.get("dropped") or "none",
+    )
     return str(out)
 
 

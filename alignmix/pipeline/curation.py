@@ -26,11 +26,11 @@ DEFAULT_SHARD_ROWS = 5_000
 
 
 def mix_source_names(recipe: Recipe, available: list[str] | pl.DataFrame) -> list[str]:
-    """The parts that feed the mix: those `mix.sources` names, in its order; without a mix section, all of them."""
+    """The parts that feed the mix: the `mix.sources` names, in their order; without them, every source present."""
+    if recipe.mix.sources:
+        return list(recipe.mix.sources)  # a source curation emptied still counts: the mix says it has 0 rows
     if isinstance(available, pl.DataFrame):
         available = available["source"].unique(maintain_order=True).to_list() if available.height else []
-    if recipe.mix.sources:
-        return [n for n in recipe.mix.sources if n in available]
     return list(available)
 
 

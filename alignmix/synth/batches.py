@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from alignmix.pipeline.schema import RowKind, empty_frame
+from alignmix.pipeline.stage import histogram
 from alignmix.pipeline.store import MixStore, ShardWriter, read_json, write_frame, write_json
 
 # What a rejected generation looks like before it is a valid row: its raw text and why it was dropped.
@@ -79,11 +80,21 @@ class BatchStore:
         outputs = []
         kept_rows = 0
         writer = ShardWriter(self.store.data_dir, "train", kind, rows_per_shard) if write_data else None
+        prompt_words: list[pl.Series] = []
+        answer_words: list[pl.Series] = []
         for i in batches:
             frame = self.kept(i)
             kept_rows += frame.height
             if writer:
                 writer.write(frame if frame.height else empty_frame(kind))
+            if kind == "sft" and frame.height:
+                first_user = pl.col("messages").list.eval(pl.element().filter(pl.element().struct.field("role") == "user")).list.first()
+                words = frame.select(
+                    first_user.struct.field("content").str.split(" ").list.len().alias("p"),
+                    pl.col("messages").list.last().struct.field("content").str.split(" ").list.len().alias("a"),
+                )
+                prompt_words.append(words["p"])
+                answer_words.append(words["a"])
         if writer:
             outputs += [s["file"] for s in writer.close()]
         rejected_files = [self._path(i, "rejected.parquet") for i in batches]
@@ -99,6 +110,12 @@ class BatchStore:
                     totals[k] += v
         dropped = dict(sorted(Counter(rejected["drop_reason"].to_list()).items())) if rejected.height else {}
         seconds = float(totals.get("seconds", 0.0))
+        distributions = {}
+        if prompt_words:
+            distributions = {
+                "instruction_words": histogram(pl.concat(prompt_words), bins=20),
+                "response_words": histogram(pl.concat(answer_words), bins=20),
+            }
         out = {
             "stage": self.stage,
             "rows_in": kept_rows + rejected.height,
@@ -109,6 +126,7 @@ class BatchStore:
             "completion_tokens": int(totals.get("completion_tokens", 0)),
             "tokens_per_s": round(totals.get("completion_tokens", 0) / seconds, 2) if seconds else None,
             "counters": {k: v for k, v in sorted(totals.items()) if k not in ("seconds", "completion_tokens")},
+            "distributions": distributions,
             **stats,
         }
         self.store.mark_done(self.stage, self.fingerprint, out, outputs)

@@ -141,6 +141,13 @@ class JudgeConfig(ModelFields):
     temperature: float = Field(0.0, ge=0, description="0: greedy, the usual judge setting; >0 samples (seeded per request)")
     seed: int = Field(0, description="seeds sampled judgements (temperature > 0)")
     pairwise: bool = Field(False, description="also judge each chosen/rejected pair in both orders (A,B and B,A)")
+    rating: Literal["parsed", "expected"] = Field(
+        "parsed",
+        description="parsed: the 1-5 integer read from the generated text (UltraFeedback). expected: G-Eval's "
+        "probability-weighted rating, the expected value of the next-token distribution over the digits 1-5 after "
+        "the `Rating:` prefill (a float; far fewer ties, reproducible; needs a backend that returns next-token "
+        "probabilities and a chat template). The rationale is generated in both modes.",
+    )
 
 
 class BinarizeConfig(_Strict):

@@ -9,6 +9,14 @@ A judgement that cannot be parsed keeps its raw text, gets a null rating and is 
     >>> parse_aspect("I think it is good.")
     (None, None)
 
+With `rating: expected` (G-Eval), an aspect's rating is the expected value of the model's next-token
+distribution over the digits 1-5 after the prefill, renormalized over the five digits; the rationale is still
+generated. The digit's mass counts every way the tokenizer can spell it: "4" and " 4" right after `Rating:`,
+and " " followed by "4" (SmolLM2 writes the space as its own token):
+
+    >>> expected_rating({"1": 0.1, "2": 0.0, "3": 0.1, "4": 0.2, "5": 0.0})
+    (3.0, 4, {'1': 0.25, '2': 0.0, '3': 0.25, '4': 0.5, '5': 0.0}, 0.4)
+
 Pairwise judging (optional) asks which of two answers is better in both orders (A,B then B,A) and records
 whether the verdict survives the swap.
 """
@@ -40,6 +48,35 @@ ASPECT_GUIDE = {
     "truthfulness": "Is the answer free of made-up facts, contradictions and misleading claims?",
 }
 PREFILL = "Rating:"
+DIGITS = "12345"
+# Below this total probability on the five digits the model is not answering with a rating at all.
+MIN_DIGIT_MASS = 1e-3
+
+
+def rating_candidates() -> list[str]:
+    """The next tokens asked for after the prefill: each digit bare and with a leading space, and a bare space."""
+    return [*DIGITS, *(" " + d for d in DIGITS), " "]
+
+
+def digit_mass(after_prefill: dict[str, float], after_space: dict[str, float]) -> dict[str, float]:
+    """P(the rating is d) per digit, summed over spellings: P(d) + P(" d") + P(" ") * P(d | prefill + " ").
+
+    >>> digit_mass({"1": 0.1, " 1": 0.2, " ": 0.5}, {"1": 0.4})["1"]
+    0.5
+    """
+    space = after_prefill.get(" ", 0.0)
+    return {d: after_prefill.get(d, 0.0) + after_prefill.get(" " + d, 0.0) + space * after_space.get(d, 0.0) for d in DIGITS}
+
+
+def expected_rating(mass: dict[str, float]) -> tuple[float | None, int | None, dict[str, float], float]:
+    """(expected rating rounded to 6 decimals, most probable digit, distribution renormalized over the digits,
+    total mass on the digits). The rating and digit are None when the total is below MIN_DIGIT_MASS."""
+    total = sum(mass.get(d, 0.0) for d in DIGITS)
+    if total < MIN_DIGIT_MASS:
+        return None, None, {d: 0.0 for d in DIGITS}, total
+    dist = {d: mass.get(d, 0.0) / total for d in DIGITS}
+    top = max(DIGITS, key=lambda d: dist[d])  # ties: the lowest digit, as max() keeps the first
+    return round(sum(int(d) * p for d, p in dist.items()), 6), int(top), dist, total
 
 
 def label(aspect: str) -> str:
@@ -61,16 +98,24 @@ def parse_aspect(text: str) -> tuple[int | None, str | None]:
     m = re.search(r"(?i)Rating[\s*]*:[\s*]*([1-5])(?:\s*/\s*5)?(?![0-9])", text)
     if not m:
         return None, None
-    r = re.search(r"(?is)Rationale[\s*]*:[\s*]*(.*)", text[m.end() :])
-    rationale = r.group(1).strip() if r else None
-    return int(m.group(1)), rationale or None
+    return int(m.group(1)), parse_rationale(text[m.end() :])
+
+
+def parse_rationale(text: str) -> str | None:
+    """The text after `Rationale:`, or None. "Rating: 2 Rationale: vague" -> "vague"."""
+    r = re.search(r"(?is)Rationale[\s*]*:[\s*]*(.*)", text)
+    return (r.group(1).strip() or None) if r else None
 
 
 @dataclass
 class Judgement:
-    ratings: dict[str, int | None]
+    ratings: dict[str, int | float | None]
     rationales: dict[str, str | None]
     raw: dict[str, str]
+    # rating: expected only, per aspect: the digit distribution, its raw mass and the most probable digit.
+    distributions: dict[str, dict[str, float]] | None = None
+    digit_mass: dict[str, float] | None = None
+    top_digits: dict[str, int | None] | None = None
 
     @property
     def rating(self) -> float | None:
@@ -83,8 +128,12 @@ class Judgement:
         return self.rating is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratings": self.ratings, "rationales": self.rationales, "rating": self.rating, "raw": self.raw,
-                "parsed": self.parsed}  # fmt: skip
+        out = {"ratings": self.ratings, "rationales": self.rationales, "rating": self.rating, "raw": self.raw,
+               "parsed": self.parsed}  # fmt: skip
+        if self.distributions is None:
+            return {**out, "rating_mode": "parsed"}
+        return {**out, "rating_mode": "expected", "distributions": self.distributions, "digit_mass": self.digit_mass,
+                "top_digits": self.top_digits}  # fmt: skip
 
 
 class Judge:
@@ -97,15 +146,21 @@ class Judge:
         try:
             self.backend.render_chat([{"role": "user", "content": "x"}])
             self.prefill = True
-        except ValueError:
+        except ValueError as err:
+            if cfg.rating == "expected":
+                raise ValueError(f"rating: expected reads the digits after a `{PREFILL}` prefill, so {err}; "
+                                 "or use rating: parsed") from err  # fmt: skip
             self.prefill = False
 
     def _request(self, content: str, prefill: str, max_new_tokens: int, seed: int) -> GenerationRequest:
         eos = self.backend.special_tokens().get("eos_token")
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=self.cfg.temperature, stop=(eos,) if eos else (), seed=seed)
         if self.prefill:
-            return GenerationRequest(prompt=self.backend.render_chat([{"role": "user", "content": content}]) + prefill, params=params)
+            return GenerationRequest(prompt=self._prefilled(content, prefill), params=params)
         return GenerationRequest(messages=[{"role": "user", "content": content}], params=params)
+
+    def _prefilled(self, content: str, prefill: str) -> str:
+        return self.backend.render_chat([{"role": "user", "content": content}]) + prefill
 
     def _seed(self, *parts: Any) -> int:
         return request_seed(self.cfg.seed, STAGE, *parts)
@@ -118,12 +173,34 @@ class Judge:
             for i, r in items
             for a in aspects
         ]
+        if self.cfg.rating == "expected":
+            return self._rate_expected(items, reqs, progress)
         results = self.backend.generate(reqs, progress)
         out = []
         for k in range(len(items)):
             raw = {a: (PREFILL if self.prefill else "") + results[k * len(aspects) + n].text for n, a in enumerate(aspects)}
             parsed = {a: parse_aspect(t) for a, t in raw.items()}
             out.append(Judgement({a: p[0] for a, p in parsed.items()}, {a: p[1] for a, p in parsed.items()}, raw))
+        return out, sum(r.completion_tokens for r in results)
+
+    def _rate_expected(
+        self, items: list[tuple[str, str]], reqs: list[GenerationRequest], progress
+    ) -> tuple[list[Judgement], int]:
+        """G-Eval ratings from one next-token pass over every prompt (and its spaced variant), then the rationales."""
+        aspects = self.cfg.aspects
+        prompts = [r.prompt for r in reqs]
+        probs = self.backend.next_token_probs([p + s for p in prompts for s in ("", " ")], rating_candidates())
+        results = self.backend.generate(reqs, progress)
+        out = []
+        for k in range(len(items)):
+            j = Judgement({}, {}, {}, {}, {}, {})
+            for n, a in enumerate(aspects):
+                at = k * len(aspects) + n
+                rating, top, dist, mass = expected_rating(digit_mass(probs[2 * at], probs[2 * at + 1]))
+                j.raw[a] = PREFILL + results[at].text
+                j.ratings[a], j.rationales[a] = rating, parse_rationale(j.raw[a])
+                j.distributions[a], j.digit_mass[a], j.top_digits[a] = dist, mass, top  # type: ignore[index]
+            out.append(j)
         return out, sum(r.completion_tokens for r in results)
 
     def compare(self, items: list[tuple[str, str, str]], progress=None) -> list[dict[str, Any]]:

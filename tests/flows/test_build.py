@@ -159,8 +159,9 @@ GENERATION_RECIPE = {
     "seed": 5,
     "generators": [
         {
-            "kind": "magpie", "name": "magpie", "count": 8, "batch_size": 2, "requests_per_batch": 2,
-            "instruction": {"max_new_tokens": 24}, "response": {"max_new_tokens": 24},
+            "kind": "magpie", "name": "magpie", "count": 6, "batch_size": 2, "requests_per_batch": 2,
+            "system_prompts": [{"text": "You are a helpful assistant. Answer briefly, in at most three sentences."}],
+            "instruction": {"max_new_tokens": 64}, "response": {"max_new_tokens": 96},
         }
     ],
     "mix": {"sources": {"magpie": {"fraction": 1.0}}},
@@ -178,11 +179,11 @@ def test_sigkill_during_generation_then_resume(tmp_path: Path):
     batches = tmp_path / "killed" / "genmix" / "work" / "generated" / "magpie"
 
     def some_batches_done() -> bool:
-        return len(list(batches.rglob("batch-*.parquet"))) >= 1
+        return len(list(batches.rglob("*.kept.parquet"))) >= 1
 
     kill_when([str(BIN / "alignmix"), "build", str(recipe)], some_batches_done)
-    done_before = sorted(p.name for p in batches.rglob("batch-*.parquet"))
-    assert 1 <= len(done_before) < 4
+    done_before = sorted(p.name for p in batches.rglob("*.kept.parquet"))
+    assert 1 <= len(done_before) < 3
     proc = build(recipe)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert shard_digests(tmp_path / "killed" / "genmix") == shard_digests(tmp_path / "ref" / "genmix")

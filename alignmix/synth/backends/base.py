@@ -106,6 +106,26 @@ class Backend(ABC):
     @abstractmethod
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]: ...
 
+    def next_token_probs(self, prompts: Sequence[str], candidates: Sequence[str]) -> list[dict[str, float]]:
+        """For each raw prompt, the model's probability (full-vocabulary softmax, no sampling) that the next token
+        is each candidate. A candidate that is not a single token of the vocabulary (or, for backends that only
+        see the top few tokens, is not among them) gets 0.0.
+
+            >>> backend.next_token_probs(["...Rating:"], ["1", " 1"])              # doctest: +SKIP
+            [{'1': 0.0123, ' 1': 0.0004}]
+        """
+        if not prompts:
+            return []
+        with self._lock:
+            if not self._loaded:
+                self.load()
+            return self._next_token_probs(list(prompts), list(candidates))
+
+    def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        raise NotImplementedError(
+            f"the {self.name} backend cannot return next-token probabilities: use the judge's `rating: parsed`"
+        )
+
     @abstractmethod
     def chat_template(self) -> str | None:
         """The model's chat template (Jinja), or None when the backend cannot see one."""

@@ -8,6 +8,7 @@ most `concurrency` requests are in flight. The server applies the chat template 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ class OpenAIBackend(Backend):
         backoff_s: float = 0.5,
         concurrency: int = 8,
         batch_size: int = 64,
+        top_logprobs: int = 20,
         **options: Any,
     ):
         super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
@@ -46,6 +48,8 @@ class OpenAIBackend(Backend):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.concurrency = concurrency
+        # next-token probabilities: how many of the most likely tokens to ask for (vLLM allows 20, OpenAI 5).
+        self.top_logprobs = top_logprobs
         self._client = None
         self._tokenizer = None
 
@@ -125,6 +129,26 @@ class OpenAIBackend(Backend):
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )
+
+    def _probs_one(self, prompt: str, candidates: list[str]) -> dict[str, float]:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": self.top_logprobs}
+        choice = self._post("/completions", body)["choices"][0]
+        top = (choice.get("logprobs") or {}).get("top_logprobs") or []
+        if not top or not isinstance(top[0], dict):
+            raise OpenAIBackendError(
+                f"{self.base_url}/completions returned no top_logprobs for logprobs={self.top_logprobs}: this server "
+                "does not give next-token probabilities, so use the judge's `rating: parsed` (or a server that does, "
+                "such as `vllm serve`)"
+            )
+        probs = dict.fromkeys(candidates, 0.0)
+        for token, logprob in top[0].items():
+            if token in probs:
+                probs[token] += math.exp(logprob)
+        return probs
+
+    def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda p: self._probs_one(p, candidates), prompts))
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
         results: list[GenerationResult] = []

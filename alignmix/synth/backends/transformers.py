@@ -86,18 +86,36 @@ class TransformersBackend(Backend):
                 results[i] = res
         return results  # type: ignore[return-value]
 
+    def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        import torch
+
+        token_of = {}
+        for c in candidates:
+            tok = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            if len(tok) == 1:
+                token_of[c] = tok[0]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+        index = torch.tensor(list(token_of.values()), dtype=torch.long)
+        results: list[dict[str, float]] = [{} for _ in prompts]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            input_ids, attention, positions = _left_pad([ids[i] for i in chunk], self.pad_id)
+            with torch.inference_mode():
+                out = self.lm(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                              position_ids=positions.to(self.device), use_cache=False, **self._keep)  # fmt: skip
+            probs = torch.softmax(out.logits[:, -1, :].float().cpu(), dim=-1)[:, index] if token_of else None
+            for row, i in enumerate(chunk):
+                picked = dict(zip(token_of, probs[row].tolist())) if probs is not None else {}
+                results[i] = {c: float(picked.get(c, 0.0)) for c in candidates}
+        return results
+
     def _batch(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None) -> list[GenerationResult]:
         import torch
         from transformers import DynamicCache
 
         n = len(ids)
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            attention[row, width - len(x) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention, positions = _left_pad(ids, self.pad_id)
         generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in params]
         tokens: list[list[int]] = [[] for _ in range(n)]
         finish: list[str] = ["length"] * n
@@ -185,6 +203,19 @@ class TransformersBackend(Backend):
             drop = values.cumsum(0) - values > p.top_p
             values = values.masked_fill(drop, 0.0)
         return int(index[torch.multinomial(values, 1, generator=generator)])
+
+
+def _left_pad(ids: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask, position_ids) for a left-padded batch; positions count real tokens only."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+        attention[row, width - len(x) :] = 1
+    return input_ids, attention, (attention.cumsum(-1) - 1).clamp(min=0)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -103,3 +103,25 @@ class VLLMBackend(Backend):
                 if progress:
                     progress(1, len(c.token_ids))
         return results
+
+    def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        import math
+
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        # One greedy token with the top-20 logprobs (vLLM's default max_logprobs): a candidate outside them gets 0.
+        params = VLLMSamplingParams(n=1, max_tokens=1, temperature=0.0, logprobs=20)
+        wanted = set(candidates)
+        results: list[dict[str, float]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            outs = self.llm.generate([{"prompt": p} for p in prompts[start : start + self.batch_size]],
+                                     sampling_params=params, use_tqdm=False)  # fmt: skip
+            for o in outs:
+                top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
+                probs = dict.fromkeys(candidates, 0.0)
+                for token_id, lp in top.items():
+                    text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
+                    if text in wanted:
+                        probs[text] += math.exp(lp.logprob)
+                results.append(probs)
+        return results
