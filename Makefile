@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignmix-installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup demo test test-fast serve bench clean
+.PHONY: setup demo test test-fast serve bench bench-train clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/mix.py
+
+bench-train: setup
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf out demo-out .pytest_cache

@@ -260,13 +260,14 @@ def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
     return curation.write_curated(store, frame)
 
 
-@flow(name="train-sft", log_prints=True)
+# Training flows do not capture print(): libraries print bytecode listings while fingerprinting datasets.
+@flow(name="train-sft")
 def train_sft_flow(recipe: str) -> dict[str, Any] | None:
     """SFT on the recipe's built mix, with the recipe's `training.sft` settings."""
     return _train(resolve_recipe(recipe), "sft")
 
 
-@flow(name="train-dpo", log_prints=True)
+@flow(name="train-dpo")
 def train_dpo_flow(recipe: str) -> dict[str, Any] | None:
     """DPO on the recipe's built mix, with the recipe's `training.dpo` settings."""
     return _train(resolve_recipe(recipe), "dpo")
@@ -278,7 +279,7 @@ def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
     section = TrainingSection.model_validate(recipe.training or {})
     config = getattr(section, kind)
     if config is None:
-        print(f"the recipe has no `training.{kind}` section; nothing to do")
+        get_run_logger().info("the recipe has no `training.%s` section; nothing to do", kind)
         return None
     out = recipe.out_dir() / "training" / kind
     model = config.model
@@ -293,7 +294,7 @@ def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
         result = run(recipe.out_dir(), out, config)
     except Exception as err:
         raise RuntimeError(f"stage train-{kind} failed on mix {recipe.out_dir()}: {err}") from err
-    print(f"train-{kind}: adapter at {result.get('adapter')}")
+    get_run_logger().info("train-%s: adapter at %s", kind, result.get("adapter"))
     return result
 
 
