@@ -30,7 +30,7 @@ from alignmix.flows.runner import task_runner_for
 from alignmix.filters.registry import build_stage
 from alignmix.pipeline import curation
 from alignmix.pipeline.recipe import Recipe
-from alignmix.pipeline.store import MixStore
+from alignmix.pipeline.store import MixStore, read_json, write_json
 
 # Retries where a retry can help: reading sources (network file systems, the Hub) and generation (a remote
 # endpoint, a worker lost). Curation and mixing are deterministic: a retry would fail the same way.
@@ -50,8 +50,16 @@ def _publish_part(part_dir: Path, mix_dir: Path) -> None:
     """
     for f, dest in _part_outputs(part_dir, mix_dir):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists() or dest.read_bytes() != f.read_bytes():
+        if f.suffix == ".json":
+            stats = read_json(f)
+            # Parts come before curation in the card's funnel: reading and generating, then the preference steps.
+            stats.setdefault("position", PART_POSITIONS.get(str(stats.get("stage", "")).split("-")[0], -4))
+            write_json(dest, stats)
+        elif not dest.exists() or dest.read_bytes() != f.read_bytes():
             shutil.copyfile(f, dest)
+
+
+PART_POSITIONS = {"ingest": -4, "magpie": -4, "self_instruct": -4, "responses": -3, "judge": -2, "binarize": -1}
 
 
 def _part_outputs(part_dir: Path, mix_dir: Path) -> list[tuple[Path, Path]]:
