@@ -22,6 +22,35 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# Options several commands share: the same flags, default and help text wherever they appear.
+_OPTIONS: dict[str, tuple[tuple, dict]] = {
+    "stage_out": ((..., "--out"), {"help": "the folder that receives data/, rejected/, stats/"}),
+    "model": ((None,), {"help": "'default', a Hub id or a local folder"}),
+    "backend": ((None,), {"help": "transformers | vllm | openai"}),
+    "base_url": ((None,), {"help": "openai backend: the server's /v1 URL"}),
+    "batch_size": ((None,), {"help": "requests decoded together"}),
+    "seed": ((None,), {}),
+    "name": ((None,), {"help": "the source name recorded in each row"}),
+    "prefs_config": ((None,), {"help": "a YAML file with PreferencesConfig settings"}),
+    "train_out": ((..., "--out"), {"help": "output folder: adapter/, metrics.jsonl, plots/, README.md"}),
+    "train_config": ((None, "--config"), {"help": "a YAML file of config fields"}),
+    "dpo_mix": ((..., "--mix"), {"help": "a mix directory holding preference rows"}),
+    "dpo_model": ((None, "--model"), {"help": "'default', a Hub id, a folder, or an SFT output"}),
+    "max_steps": ((None,), {"help": "stop after this many optimizer steps"}),
+    "max_length": ((None,), {"help": "tokens per sequence"}),
+    "quantize": ((None,), {"help": "auto | none | 4bit (QLoRA, CUDA)"}),
+    "merge": ((None, "--merge/--no-merge"), {"help": "also write the merged model"}),
+    "sets": (([], "--set"), {
+        "help": "override any config field: --set lora.r=8 --set warmup_ratio=0 (repeatable; see `config.py`)"}),
+}
+
+
+def _option(key: str):
+    """A fresh typer.Option for one of the shared options, e.g. `seed: Optional[int] = _option("seed")`."""
+    (default, *flags), kwargs = _OPTIONS[key]
+    return typer.Option(list(default) if isinstance(default, list) else default, *flags, **kwargs)
+
+
 # --- pipeline commands --------------------------------------------------------------------------------------
 
 
@@ -106,16 +135,16 @@ def _model_options(model, backend, base_url, batch_size) -> dict:
 
 @generate_app.command("magpie")
 def generate_magpie(
-    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    out: Path = _option("stage_out"),
     count: Optional[int] = typer.Option(None, help="conversations to request"),
     n_turns: Optional[int] = typer.Option(None, "--turns", help="user/assistant exchanges per conversation"),
     template: Optional[str] = typer.Option(None, help="'auto' (derive from the chat template) or a preset"),
-    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
-    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
-    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
-    batch_size: Optional[int] = typer.Option(None, help="requests decoded together"),
-    seed: Optional[int] = typer.Option(None),
-    name: Optional[str] = typer.Option(None, help="the source name recorded in each row"),
+    model: Optional[str] = _option("model"),
+    backend: Optional[str] = _option("backend"),
+    base_url: Optional[str] = _option("base_url"),
+    batch_size: Optional[int] = _option("batch_size"),
+    seed: Optional[int] = _option("seed"),
+    name: Optional[str] = _option("name"),
     config: Optional[Path] = typer.Option(None, help="a YAML file with MagpieConfig settings"),
 ) -> None:
     """Instructions from the model's own prior (MAGPIE), answered by the same model."""
@@ -129,15 +158,15 @@ def generate_magpie(
 
 @generate_app.command("self-instruct")
 def generate_self_instruct(
-    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    out: Path = _option("stage_out"),
     count: Optional[int] = typer.Option(None, help="new instructions to keep"),
     seed_tasks: Optional[Path] = typer.Option(None, help="a seed file in the reference JSON Lines format"),
-    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
-    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
-    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
-    batch_size: Optional[int] = typer.Option(None, help="requests decoded together"),
-    seed: Optional[int] = typer.Option(None),
-    name: Optional[str] = typer.Option(None, help="the source name recorded in each row"),
+    model: Optional[str] = _option("model"),
+    backend: Optional[str] = _option("backend"),
+    base_url: Optional[str] = _option("base_url"),
+    batch_size: Optional[int] = _option("batch_size"),
+    seed: Optional[int] = _option("seed"),
+    name: Optional[str] = _option("name"),
     config: Optional[Path] = typer.Option(None, help="a YAML file with SelfInstructConfig settings"),
 ) -> None:
     """New instructions bootstrapped from seed tasks (Self-Instruct), with the ROUGE-L 0.7 filter."""
@@ -155,12 +184,12 @@ def generate_responses_cmd(
     out: Path = typer.Option(..., "--out", help="the folder that receives data/ (one SFT row per response)"),
     temperatures: Optional[str] = typer.Option(None, help="one responder per temperature, e.g. 0.3,0.7,1.0,1.3"),
     max_new_tokens: int = typer.Option(256, help="per response (for the responders of --temperatures)"),
-    model: Optional[str] = typer.Option(None, help="'default', a Hub id or a local folder"),
-    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
-    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    model: Optional[str] = _option("model"),
+    backend: Optional[str] = _option("backend"),
+    base_url: Optional[str] = _option("base_url"),
     limit: Optional[int] = typer.Option(None, help="use at most this many prompts"),
-    seed: Optional[int] = typer.Option(None),
-    config: Optional[Path] = typer.Option(None, help="a YAML file with PreferencesConfig settings"),
+    seed: Optional[int] = _option("seed"),
+    config: Optional[Path] = _option("prefs_config"),
 ) -> None:
     """N responses per prompt, varied by temperature (or by the responders of --config)."""
     from alignmix.synth.report import render_stats
@@ -183,11 +212,11 @@ def judge(
     rejected: str = typer.Option("random", help="binarization: random (seeded) or lowest"),
     pairwise: bool = typer.Option(False, "--pairwise", help="also judge each pair in both orders"),
     model: Optional[str] = typer.Option(None, help="the judge: 'default', a Hub id or a local folder"),
-    backend: Optional[str] = typer.Option(None, help="transformers | vllm | openai"),
-    base_url: Optional[str] = typer.Option(None, help="openai backend: the server's /v1 URL"),
+    backend: Optional[str] = _option("backend"),
+    base_url: Optional[str] = _option("base_url"),
     temperature: Optional[float] = typer.Option(None, help="0 (default): greedy judgements"),
-    seed: Optional[int] = typer.Option(None),
-    config: Optional[Path] = typer.Option(None, help="a YAML file with PreferencesConfig settings"),
+    seed: Optional[int] = _option("seed"),
+    config: Optional[Path] = _option("prefs_config"),
 ) -> None:
     """Rate every response (helpfulness, honesty, instruction following, truthfulness; 1-5 with rationale)."""
     from alignmix.synth.judge import judge_responses
@@ -210,7 +239,7 @@ def judge(
 @app.command()
 def dedup(
     src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
-    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    out: Path = _option("stage_out"),
     on: str = typer.Option("prompt", "--on", help="text compared: prompt, first_user, conversation, response, ..."),
     threshold: float = typer.Option(0.8, "--threshold", help="Jaccard similarity of word 5-gram sets for near duplicates"),
     exact_only: bool = typer.Option(False, "--exact-only", help="only drop rows equal after normalization"),
@@ -233,7 +262,7 @@ def dedup(
 @app.command("filter")
 def filter_rows(
     src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
-    out: Path = typer.Option(..., "--out", help="the folder that receives data/, rejected/, stats/"),
+    out: Path = _option("stage_out"),
     stage: list[str] = typer.Option(
         ..., "--stage", help='a stage name (length, consistency, language, ...) or a JSON object {"stage": ..., ...}; repeatable'
     ),
@@ -375,22 +404,19 @@ def _run_training(run, show: bool = True):
     return result
 
 
-_SET_HELP = "override any config field: --set lora.r=8 --set warmup_ratio=0 (repeatable; see `config.py`)"
-
-
 @train_app.command("sft")
 def train_sft_cmd(
     mix: Path = typer.Option(..., "--mix", help="a mix directory holding SFT rows (data/train-*, data/test-*)"),
-    out: Path = typer.Option(..., "--out", help="output folder: adapter/, metrics.jsonl, plots/, README.md"),
+    out: Path = _option("train_out"),
     model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id or a local folder"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
-    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    config: Optional[Path] = _option("train_config"),
+    max_steps: Optional[int] = _option("max_steps"),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default 2e-4)"),
     batch_size: Optional[int] = typer.Option(None, help="rows per forward pass"),
-    max_length: Optional[int] = typer.Option(None, help="tokens per sequence"),
-    quantize: Optional[str] = typer.Option(None, help="auto | none | 4bit (QLoRA, CUDA)"),
-    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="also write the merged model"),
-    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    max_length: Optional[int] = _option("max_length"),
+    quantize: Optional[str] = _option("quantize"),
+    merge: Optional[bool] = _option("merge"),
+    sets: list[str] = _option("sets"),
 ) -> None:
     """LoRA/QLoRA SFT on a mix's SFT rows (loss on assistant tokens only)."""
     from alignmix.training import train_sft
@@ -403,19 +429,19 @@ def train_sft_cmd(
 
 @train_app.command("dpo")
 def train_dpo_cmd(
-    mix: Path = typer.Option(..., "--mix", help="a mix directory holding preference rows"),
-    out: Path = typer.Option(..., "--out", help="output folder: adapter/, metrics.jsonl, plots/, README.md"),
-    model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id, a folder, or an SFT output"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
+    mix: Path = _option("dpo_mix"),
+    out: Path = _option("train_out"),
+    model: Optional[str] = _option("dpo_model"),
+    config: Optional[Path] = _option("train_config"),
     loss: Optional[str] = typer.Option(None, help="sigmoid | ipo | simpo"),
     beta: Optional[float] = typer.Option(None, help="KL strength (0.1), or SimPO's scale (2.0)"),
-    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps"),
+    max_steps: Optional[int] = _option("max_steps"),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default 5e-6)"),
     batch_size: Optional[int] = typer.Option(None, help="pairs per forward pass"),
-    max_length: Optional[int] = typer.Option(None, help="tokens per sequence"),
-    quantize: Optional[str] = typer.Option(None, help="auto | none | 4bit (QLoRA, CUDA)"),
-    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="also write the merged model"),
-    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    max_length: Optional[int] = _option("max_length"),
+    quantize: Optional[str] = _option("quantize"),
+    merge: Optional[bool] = _option("merge"),
+    sets: list[str] = _option("sets"),
 ) -> None:
     """DPO (sigmoid, IPO or SimPO) on a mix's preference rows; reference = the adapter disabled."""
     from alignmix.training import train_dpo
@@ -428,13 +454,13 @@ def train_dpo_cmd(
 
 @train_app.command("beta-sweep")
 def train_beta_sweep_cmd(
-    mix: Path = typer.Option(..., "--mix", help="a mix directory holding preference rows"),
+    mix: Path = _option("dpo_mix"),
     out: Path = typer.Option(..., "--out", help="one run per <out>/beta-<b>, and <out>/sweep.json"),
-    model: Optional[str] = typer.Option(None, "--model", help="'default', a Hub id, a folder, or an SFT output"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a YAML file of config fields"),
+    model: Optional[str] = _option("dpo_model"),
+    config: Optional[Path] = _option("train_config"),
     betas: str = typer.Option("0.05,0.1,0.5", help="comma-separated betas"),
     max_steps: Optional[int] = typer.Option(None, help="stop each run after this many optimizer steps"),
-    sets: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    sets: list[str] = _option("sets"),
 ) -> None:
     """DPO at several betas on the same data; the final metrics side by side."""
     from rich.table import Table

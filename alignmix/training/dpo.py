@@ -13,7 +13,6 @@ completion tokens of the batch, averaged over sequences.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,8 @@ from alignmix.training.data import (
     read_split,
 )
 from alignmix.training.metrics import MetricsCallback
-from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
-from alignmix.training.outputs import (
-    Layout,
-    device_figures,
-    finish_run,
-    last_checkpoint,
-    prepare_run,
-    run_lock,
-    train_figures,
-    trainer_kwargs,
-)
+from alignmix.training.modeling import lora_config, load_policy, reference
+from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_finish, trainer_kwargs
 
 log = logging.getLogger("alignmix.training")
 
@@ -185,33 +175,15 @@ def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> d
     with reference(policy):
         ref_scores = ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size)
     before = ev.preference_metrics(ref_scores, ref_scores, beta, config.loss)
-    gen_before = ev.generations_with_reference(policy, tokenizer, prompts, config.max_new_tokens)
-    initial = lora_state(policy)
-
-    resume_from = last_checkpoint(layout) if config.resume else None
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
-    figures = train_figures(trainer, started)
-
-    after = ev.preference_metrics(ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size),
-                                  ref_scores, beta, config.loss)
-    gen_after = ev.generate(policy, tokenizer, prompts, config.max_new_tokens)
-    result = finish_run(
-        "dpo", layout, config, mix_dir, base_path, policy, tokenizer, before, after,
-        generations=[{"prompt": p[-1]["content"], "before": b, "after": a}
-                     for p, b, a in zip(prompts, gen_before, gen_after)],
-        warnings=metrics_cb.warnings,
-        train={
-            **figures,
-            **device_figures(policy),
-            "rows": len(train.rows),
-            "rows_set_aside": train.rejected_counts(),
-            "test_rows_set_aside": test.rejected_counts(),
-            "resumed_from": resume_from,
-            "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
-        },
+    result = train_and_finish(
+        "dpo", trainer, layout, config, mix_dir, base_path, tokenizer, train=train, prompts=prompts, before=before,
+        evaluate_after=lambda p: ev.preference_metrics(
+            ev.score_pairs(p, tokenized, tokenizer.pad_token_id, config.batch_size), ref_scores, beta, config.loss
+        ),
+        metrics_cb=metrics_cb, extra={"test_rows_set_aside": test.rejected_counts()},
     )
-    log.info("dpo: %s steps, test reward accuracy %s -> %s", figures["steps"], before.get("reward_accuracy"),
+    after = result["eval"]["after"]
+    log.info("dpo: %s steps, test reward accuracy %s -> %s", result["train"]["steps"], before.get("reward_accuracy"),
              after.get("reward_accuracy"))
     return result
 

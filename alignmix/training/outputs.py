@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,11 @@ import torch
 import yaml
 
 from alignmix.pipeline.store import atomic_path, write_json
+from alignmix.training import evaluate as ev
 from alignmix.training.config import TrainConfig
-from alignmix.training.modeling import compute_dtype, wants_4bit
+from alignmix.training.data import Prepared
+from alignmix.training.metrics import MetricsCallback
+from alignmix.training.modeling import compute_dtype, delta_norm, lora_state, wants_4bit
 
 
 class Layout:
@@ -194,3 +197,50 @@ def finish_run(
     write_json(layout.eval, {"eval": result["eval"], "generations": generations})
     write_json(layout.result, result)
     return result
+
+
+def train_and_finish(
+    kind: str,
+    trainer: Any,
+    layout: Layout,
+    config: TrainConfig,
+    mix_dir: str | Path,
+    base_path: str,
+    tokenizer: Any,
+    *,
+    train: Prepared,
+    prompts: list[list[dict[str, str]]],
+    before: dict[str, Any],
+    evaluate_after: Callable[[Any], dict[str, Any]],
+    metrics_cb: MetricsCallback,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What SFT and DPO do once `before` is measured: generations before, train (from the last checkpoint when
+    resume=true), `evaluate_after(policy)`, generations after, then finish_run. `extra` joins the train record
+    after `rows_set_aside`. Returns finish_run's result."""
+    policy = trainer.model
+    gen_before = ev.generations_with_reference(policy, tokenizer, prompts, config.max_new_tokens)
+    initial = lora_state(policy)
+
+    resume_from = last_checkpoint(layout) if config.resume else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    figures = train_figures(trainer, started)
+
+    after = evaluate_after(policy)
+    gen_after = ev.generate(policy, tokenizer, prompts, config.max_new_tokens)
+    return finish_run(
+        kind, layout, config, mix_dir, base_path, policy, tokenizer, before, after,
+        generations=[{"prompt": p[-1]["content"], "before": b, "after": a}
+                     for p, b, a in zip(prompts, gen_before, gen_after)],
+        warnings=metrics_cb.warnings,
+        train={
+            **figures,
+            **device_figures(policy),
+            "rows": len(train.rows),
+            "rows_set_aside": train.rejected_counts(),
+            **(extra or {}),
+            "resumed_from": resume_from,
+            "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
+        },
+    )

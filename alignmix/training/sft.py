@@ -12,7 +12,6 @@ SFTTrainer turns the mask into labels (-100 elsewhere).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,8 @@ from alignmix.training import evaluate as ev
 from alignmix.training.config import SFTTrainConfig
 from alignmix.training.data import TrainingDataError, has_split, read_sft_split, sft_examples
 from alignmix.training.metrics import MetricsCallback
-from alignmix.training.modeling import delta_norm, lora_config, lora_state, load_policy, reference
-from alignmix.training.outputs import (
-    Layout,
-    device_figures,
-    finish_run,
-    last_checkpoint,
-    prepare_run,
-    run_lock,
-    train_figures,
-    trainer_kwargs,
-)
+from alignmix.training.modeling import lora_config, load_policy, reference
+from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_finish, trainer_kwargs
 
 log = logging.getLogger("alignmix.training")
 
@@ -88,30 +78,11 @@ def _train_sft(mix_dir: str | Path, layout: Layout, config: SFTTrainConfig) -> d
     prompts = [c[:-1] for c in test_convs][: config.generations]
     with reference(policy):
         before = ev.sft_nll(policy, tokenizer, test_convs, config.max_length)
-    gen_before = ev.generations_with_reference(policy, tokenizer, prompts, config.max_new_tokens)
-    initial = lora_state(policy)
-
-    resume_from = last_checkpoint(layout) if config.resume else None
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
-    figures = train_figures(trainer, started)
-
-    after = ev.sft_nll(policy, tokenizer, test_convs, config.max_length)
-    gen_after = ev.generate(policy, tokenizer, prompts, config.max_new_tokens)
-    result = finish_run(
-        "sft", layout, config, mix_dir, base_path, policy, tokenizer, before, after,
-        generations=[{"prompt": p[-1]["content"], "before": b, "after": a}
-                     for p, b, a in zip(prompts, gen_before, gen_after)],
-        warnings=metrics_cb.warnings,
-        train={
-            **figures,
-            **device_figures(policy),
-            "rows": len(train.rows),
-            "rows_set_aside": train.rejected_counts(),
-            "resumed_from": resume_from,
-            "adapter_delta_norm": delta_norm(initial, lora_state(policy)),
-        },
+    result = train_and_finish(
+        "sft", trainer, layout, config, mix_dir, base_path, tokenizer, train=train, prompts=prompts, before=before,
+        evaluate_after=lambda p: ev.sft_nll(p, tokenizer, test_convs, config.max_length), metrics_cb=metrics_cb,
     )
-    log.info("sft: %s steps, test nll %s -> %s", figures["steps"], before.get("nll_per_token"),
+    after = result["eval"]["after"]
+    log.info("sft: %s steps, test nll %s -> %s", result["train"]["steps"], before.get("nll_per_token"),
              after.get("nll_per_token"))
     return result

@@ -148,3 +148,37 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}
+
+
+def tokenizer_special_tokens(tokenizer: Any | None) -> dict[str, str]:
+    """A Hugging Face tokenizer's {"bos_token", "eos_token"}; "" where it has none, or where there is no tokenizer."""
+    if tokenizer is None:
+        return {"bos_token": "", "eos_token": ""}
+    return {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+
+
+class LocalModelBackend(Backend):
+    """A backend that loads the weights in this process (transformers, vLLM): `dtype` and `trust_remote_code`
+    settings, and the Hugging Face tokenizer that `load()` puts in `self.tokenizer`, which supplies the chat
+    template and special tokens."""
+
+    def __init__(self, model: str, *, tokenizer: str | None = None, batch_size: int = 16, dtype: str = "auto",
+                 trust_remote_code: bool = False, **options: Any):
+        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer: Any = None
+
+    def tokenizer_path(self, model_path: str) -> str:
+        """Where the tokenizer loads from: `tokenizer:` (resolved) when given, else the model's own folder."""
+        from alignmix.pipeline.models import resolve_model
+
+        return resolve_model(self.tokenizer_name) if self.tokenizer_name else model_path
+
+    def chat_template(self) -> str | None:
+        self.load()
+        return self.tokenizer.chat_template
+
+    def special_tokens(self) -> dict[str, str]:
+        self.load()
+        return tokenizer_special_tokens(self.tokenizer)

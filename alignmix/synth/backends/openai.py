@@ -14,7 +14,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn
+from alignmix.synth.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    ProgressFn,
+    tokenizer_special_tokens,
+)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -82,9 +88,7 @@ class OpenAIBackend(Backend):
 
     def special_tokens(self) -> dict[str, str]:
         self.load()
-        if self._tokenizer is None:
-            return {"bos_token": "", "eos_token": ""}
-        return {"bos_token": self._tokenizer.bos_token or "", "eos_token": self._tokenizer.eos_token or ""}
+        return tokenizer_special_tokens(self._tokenizer)
 
     def _payload(self, r: GenerationRequest) -> tuple[str, dict[str, Any]]:
         p = r.params

@@ -10,12 +10,18 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn, SamplingParams
+from alignmix.synth.backends.base import (
+    GenerationRequest,
+    GenerationResult,
+    LocalModelBackend,
+    ProgressFn,
+    SamplingParams,
+)
 
 _STOP_WINDOW = 16  # tokens decoded per step to look for a stop string; stop strings are a few tokens long
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LocalModelBackend):
     name = "transformers"
 
     def __init__(
@@ -29,11 +35,9 @@ class TransformersBackend(Backend):
         trust_remote_code: bool = False,
         **options: Any,
     ):
-        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
+        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, dtype=dtype,
+                         trust_remote_code=trust_remote_code, **options)
         self.device = device
-        self.dtype = dtype
-        self.trust_remote_code = trust_remote_code
-        self.tokenizer = None
         self.lm = None
 
     def load(self) -> None:
@@ -46,7 +50,7 @@ class TransformersBackend(Backend):
 
         path = resolve_model(self.model)
         self.tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model(self.tokenizer_name) if self.tokenizer_name else path, trust_remote_code=self.trust_remote_code
+            self.tokenizer_path(path), trust_remote_code=self.trust_remote_code
         )
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
@@ -66,14 +70,6 @@ class TransformersBackend(Backend):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._loaded = True
-
-    def chat_template(self) -> str | None:
-        self.load()
-        return self.tokenizer.chat_template
-
-    def special_tokens(self) -> dict[str, str]:
-        self.load()
-        return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
         prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]

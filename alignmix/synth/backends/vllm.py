@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignmix.synth.backends.base import Backend, GenerationRequest, GenerationResult, ProgressFn
+from alignmix.synth.backends.base import GenerationRequest, GenerationResult, LocalModelBackend, ProgressFn
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(LocalModelBackend):
     name = "vllm"
 
     def __init__(
@@ -25,13 +25,11 @@ class VLLMBackend(Backend):
         trust_remote_code: bool = False,
         **options: Any,
     ):
-        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
+        super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, dtype=dtype,
+                         trust_remote_code=trust_remote_code, **options)
         self.gpu_memory_utilization = gpu_memory_utilization
-        self.dtype = dtype
         self.max_model_len = max_model_len
-        self.trust_remote_code = trust_remote_code
         self.llm = None
-        self.tokenizer = None
 
     def load(self) -> None:
         if self._loaded:
@@ -48,7 +46,7 @@ class VLLMBackend(Backend):
         path = resolve_model(self.model)
         self.llm = LLM(
             model=path,
-            tokenizer=resolve_model(self.tokenizer_name) if self.tokenizer_name else path,
+            tokenizer=self.tokenizer_path(path),
             dtype=self.dtype,
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_model_len=self.max_model_len,
@@ -58,14 +56,6 @@ class VLLMBackend(Backend):
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._loaded = True
-
-    def chat_template(self) -> str | None:
-        self.load()
-        return self.tokenizer.chat_template
-
-    def special_tokens(self) -> dict[str, str]:
-        self.load()
-        return {"bos_token": self.tokenizer.bos_token or "", "eos_token": self.tokenizer.eos_token or ""}
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
         from vllm import SamplingParams as VLLMSamplingParams
