@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alignmix.pipeline.schema import RowKind, to_arrow
+from alignmix.pipeline.schema import RowKind, empty_frame, row_kind, to_arrow
 
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
@@ -84,9 +84,11 @@ def write_table(table: pa.Table, path: str | Path) -> str:
 
 def write_frame(frame: pl.DataFrame, path: str | Path) -> str:
     """Write a frame (rejected rows, intermediate results) as one parquet file; return its sha256."""
-    table = frame.to_arrow()
-    table = table.cast(pa.schema([pa.field(f.name, _small_types(f.type)) for f in table.schema]))
-    return write_table(table, path)
+    return write_table(_plain_types(frame.to_arrow()), path)
+
+
+def _plain_types(table: pa.Table) -> pa.Table:
+    return table.cast(pa.schema([pa.field(f.name, _small_types(f.type)) for f in table.schema]))
 
 
 def _small_types(t: pa.DataType) -> pa.DataType:
@@ -138,8 +140,8 @@ class ShardWriter:
                 self._close_part()
 
     def _write_row_group(self) -> None:
-        table = pa.concat_tables(self._pending) if self._pending else to_arrow(_empty(self.kind), self.kind)
-        table = table.cast(pa.schema([pa.field(f.name, _small_types(f.type)) for f in table.schema]))
+        table = pa.concat_tables(self._pending) if self._pending else to_arrow(empty_frame(self.kind), self.kind)
+        table = _plain_types(table)
         if self._part is None:
             path = self._part_path(len(self._parts))
             self._part = pq.ParquetWriter(path, table.schema, **PARQUET_OPTIONS)
@@ -174,18 +176,10 @@ class ShardWriter:
         return shards
 
 
-def _empty(kind: RowKind) -> pl.DataFrame:
-    from alignmix.pipeline.schema import empty_frame
-
-    return empty_frame(kind)
-
-
 def write_shards(
     frame: pl.DataFrame, data_dir: str | Path, split: str = "train", rows_per_shard: int = ROWS_PER_SHARD
 ) -> list[dict[str, Any]]:
     """Write a whole frame as the shards of one split; return per-shard records (file, rows, sha256)."""
-    from alignmix.pipeline.schema import row_kind
-
     writer = ShardWriter(data_dir, split, row_kind(frame), rows_per_shard)
     writer.write(frame)
     return writer.close()
