@@ -27,6 +27,7 @@ empty datasketch MinHash). Two shingle hash functions:
 from __future__ import annotations
 
 import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,7 +130,8 @@ def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.nda
 _BYTE = np.frombuffer(hashlib.shake_256(b"alignmix word hash v1").digest(256 * 4), dtype="<u4").astype(np.uint32)
 _P = 0x01000193  # the 32-bit FNV prime: odd, so invertible mod 2^32
 _P_INV = pow(_P, -1, 1 << 32)
-_powers: dict[str, np.ndarray] = {"p": np.ones(1, dtype=np.uint32), "inv": np.ones(1, dtype=np.uint32)}
+_powers: dict[str, tuple[np.ndarray, np.ndarray]] = {"tables": (np.ones(1, dtype=np.uint32), np.ones(1, dtype=np.uint32))}
+_powers_lock = threading.Lock()
 # Bytes that belong to words once the text is prepared (see `_prepared`): ASCII [0-9a-z_] and every non-ASCII byte.
 _WORD_BYTE = np.zeros(256, dtype=bool)
 _WORD_BYTE[[*range(48, 58), *range(97, 123), 95, *range(128, 256)]] = True
@@ -144,14 +146,24 @@ def word_hash32(word: bytes) -> int:
 
 
 def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^i and P^-i (mod 2^32) for i < n, grown on demand and kept."""
-    if _powers["p"].size < n:
-        size = max(n, 2 * _powers["p"].size)
-        for key, base in (("p", _P), ("inv", _P_INV)):
-            steps = np.full(size, base, dtype=np.uint32)
-            steps[0] = 1
-            _powers[key] = np.multiply.accumulate(steps, dtype=np.uint32)
-    return _powers["p"], _powers["inv"]
+    """P^i and P^-i (mod 2^32) for i < n, grown on demand and kept.
+
+    Shards are signed on several threads at once: both tables are built before they are published together,
+    so a reader never sees a grown P^i beside a short P^-i.
+    """
+    tables = _powers["tables"]
+    if tables[0].size < n:
+        with _powers_lock:
+            tables = _powers["tables"]
+            if tables[0].size < n:
+                size = max(n, 2 * tables[0].size)
+                grown = []
+                for base in (_P, _P_INV):
+                    steps = np.full(size, base, dtype=np.uint32)
+                    steps[0] = 1
+                    grown.append(np.multiply.accumulate(steps, dtype=np.uint32))
+                tables = _powers["tables"] = (grown[0], grown[1])
+    return tables
 
 
 def _prepared(texts: Sequence[str] | pl.Series) -> pl.Series:

@@ -148,3 +148,41 @@ def test_word_hashes_from_bytes_equal_hashes_of_the_regex_words(shared_data):
     expected = [word_hash32(w.encode()) for ws in word_lists(texts) for w in ws]
     assert hashes.tolist() == expected
     assert n_words.tolist() == [len(ws) for ws in word_lists(texts)]
+
+
+def test_shards_signed_on_threads_at_once_equal_serial_signing(shared_data):
+    """The word-hash power tables grow on first use; shards signed concurrently from a cold start must still
+    agree with one-at-a-time signing (a torn table once broadcast a length-1 P^-i and changed the hashes)."""
+    texts = [r["prompt"] for r in jsonl(shared_data / "ultrafeedback/eval_clean.jsonl")][:800]
+    shards = [texts[i::8] for i in range(8)]
+    expected = [sketch(s).signatures for s in shards]
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so a torn update would be seen
+    try:
+        _sign_concurrently(shards, expected)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _sign_concurrently(shards, expected):
+    import threading
+
+    from alignmix.filters import minhash
+
+    for _ in range(20):
+        minhash._powers["tables"] = (np.ones(1, dtype=np.uint32), np.ones(1, dtype=np.uint32))
+        start, results = threading.Barrier(len(shards)), [None] * len(shards)
+
+        def sign(i):
+            start.wait()
+            results[i] = sketch(shards[i]).signatures
+
+        threads = [threading.Thread(target=sign, args=(i,)) for i in range(len(shards))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for got, want in zip(results, expected):
+            assert np.array_equal(got, want)
