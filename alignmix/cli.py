@@ -299,25 +299,21 @@ def review(
 # --- mix and card commands ----------------------------------------------------------------------------------
 
 
-def _curation_stages(curation: list[dict]) -> list:
-    """The recipe's `curation` entries as Stage objects, through the filters' registry."""
-    if not curation:
-        return []
-    try:
-        from alignmix.filters.registry import build_stage
-    except ImportError:
-        fail("the recipe has `curation` stages but alignmix.filters.registry is not available in this install")
-    return [build_stage(dict(entry)) for entry in curation]
-
-
 @app.command()
 def mix(
     recipe: Path = typer.Argument(..., help="a recipe YAML file"),
     out: Path = typer.Option(..., "--out", help="the folder that receives <out>/<recipe name>/"),
 ) -> None:
-    """Read the recipe's sources, run its curation stages, mix by recipe, write shards and the data card."""
+    """Read the recipe's sources, run its curation stages, mix by recipe, write shards and the data card.
+
+    The same steps, files and bytes as the `build-ultrafeedback-mix` flow, without Prefect and without
+    generation (parts that `alignmix build` generated earlier into the same folder are mixed too). Resumable:
+    sources and stages that finished with the same inputs are not redone.
+    """
     from alignmix.data_cards import write_card
-    from alignmix.pipeline.mix_build import build_mix, curate, read_source, reset_outputs
+    from alignmix.filters.apply import run_stages
+    from alignmix.filters.registry import build_stage
+    from alignmix.pipeline import curation
     from alignmix.pipeline.mixing import MixError
     from alignmix.pipeline.recipe import RecipeError, load_recipe
     from alignmix.pipeline.store import MixStore
@@ -326,21 +322,27 @@ def mix(
         r = load_recipe(recipe)
     except RecipeError as err:
         fail(str(err))
-    store = MixStore(out / r.name)
-    reset_outputs(store)
-    frames = {}
-    for source in r.sources:
-        frames[source.name] = read_source(source, store)
-        console.print(f"read {source.name}: {frames[source.name].height} rows", highlight=False)
+    r = r.model_copy(update={"output": r.output.model_copy(update={"dir": str(out)})})
+    store = MixStore(r.out_dir())
+    log = lambda line: console.print(line, highlight=False)  # noqa: E731
     try:
-        curated = curate(frames, _curation_stages(r.curation), store)
-        manifest = build_mix(r, curated, out)
-    except (MixError, ValueError, FileNotFoundError) as err:
+        part_dirs = curation.finished_parts(r)
+        for source in r.sources:
+            folder, stats = curation.ingest_part(r, source.name)
+            part_dirs[source.name] = str(folder)
+            again = " (finished in an earlier run)" if stats.get("resumed") else ""
+            log(f"read {source.name}: {stats['rows_in']} rows in, {stats['rows_kept']} kept{again}")
+        frame, fingerprint = curation.gather(r, part_dirs)
+        kept = run_stages(frame, [build_stage(dict(entry)) for entry in r.curation], store, fingerprint=fingerprint,
+                          shard_rows=curation.shard_rows(r), log=log)
+        curation.prune_stale(r, part_dirs)
+        manifest = curation.mix_curated(r, curation.write_curated(store, kept))
+    except (MixError, ValueError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
     paths = write_card(store.root)
     splits = ", ".join(f"{s} {n}" for s, n in manifest["splits"].items())
-    console.print(f"mix {r.name}: {splits} rows in {len(manifest['shards'])} shards -> {store.root}", highlight=False)
-    console.print(f"card: {paths['readme']}, {paths['html']}", highlight=False)
+    log(f"mix {r.name}: {splits} rows in {len(manifest['shards'])} shards -> {store.root}")
+    log(f"card: {paths['readme']}, {paths['html']}")
 
 
 @app.command()

@@ -1,20 +1,98 @@
-"""Run curation stages over rows on disk: what `alignmix dedup` and `alignmix filter` call.
+"""Running curation stages over rows: the one engine behind `alignmix dedup`, `alignmix filter`, `alignmix mix`
+and the flow's `curate`.
 
+    kept = run_stages(frame, [build_stage({"stage": "near_dedup"})], MixStore(out))
     summary = curate("ingested/", "deduped/", [build_stage({"stage": "near_dedup"})])
 
-IN is a directory alignmix wrote (its data/ shards are read), a folder of parquet files, or one parquet file.
-OUT receives data/ (the kept rows), rejected/<stage>.parquet and stats/<stage>.json.
+Each stage scores its input in consecutive shards (row-local stages score each shard alone; near-duplicate
+detection signs each shard and clusters once over all of them), decides once, and leaves
+`rejected/<stage>.parquet` and `stats/<stage>.json` (with per-source counts and its place in the list). The
+shard maps are parameters: in-process by default, Prefect tasks (threads or a Dask cluster) in the flow; the
+bytes are the same either way. Given a fingerprint of the input, a run is resumable: a stage finished earlier
+with the same input and config is read back instead of run again.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import polars as pl
 
+from alignmix.filters.near_dedup import NearDedup
+from alignmix.pipeline.curation import DEFAULT_SHARD_ROWS, load_done, record_stage, split, stage_fingerprint
 from alignmix.pipeline.schema import check_frame
-from alignmix.pipeline.stage import Stage, StageStats
+from alignmix.pipeline.stage import Stage, StageResult, StageStats
 from alignmix.pipeline.store import MixStore, write_shards
+
+# (stage, consecutive shards) -> one result per shard, in order: scored frames, or MinHash sketches.
+ShardMap = Callable[[Stage, list[pl.DataFrame]], list[Any]]
+
+
+def score_in_process(stage: Stage, shards: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    return [stage.score(s) for s in shards]
+
+
+def sketch_in_process(stage: Stage, shards: list[pl.DataFrame]) -> list[Any]:
+    assert isinstance(stage, NearDedup)
+    return [stage.sketch(s) for s in shards]
+
+
+def run_stage(stage: Stage, frame: pl.DataFrame, shard_rows: int = DEFAULT_SHARD_ROWS,
+              score: ShardMap = score_in_process, sketch: ShardMap = sketch_in_process) -> StageResult:
+    """One stage over `frame`, sharded: the same result as `stage.run(frame)`, with the shard work mapped."""
+    start = time.perf_counter()
+    if stage.row_local:
+        return stage.finish(pl.concat(score(stage, split(frame, shard_rows))), start)
+    if isinstance(stage, NearDedup):
+        return stage.finish(stage.score_sketches(frame, sketch(stage, split(frame, shard_rows))), start)
+    return stage.run(frame)
+
+
+def run_stages(
+    frame: pl.DataFrame,
+    stages: list[Stage],
+    store: MixStore,
+    *,
+    fingerprint: str | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    score: ShardMap = score_in_process,
+    sketch: ShardMap = sketch_in_process,
+    log: Callable[[str], None] = lambda line: None,
+) -> pl.DataFrame:
+    """Run `stages` in order over `frame`, recording each in `store`; return the rows every stage kept.
+
+    `fingerprint` identifies the input rows; with it, each stage's fingerprint chains from the one before and a
+    stage finished earlier with the same chain is skipped (its kept rows are read from work/curate/).
+    """
+    names = [s.name for s in stages]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"curation lists stage(s) {twice} twice; each stage runs once, with all its rules")
+    for position, stage in enumerate(stages, start=1):
+        stage_fp = stage_fingerprint(stage, fingerprint) if fingerprint else None
+        if stage_fp:
+            done = load_done(store, stage.name, stage_fp)
+            if done is not None:
+                log(f"{stage.name}: finished in an earlier run, skipped")
+                frame, fingerprint = done, stage_fp
+                continue
+        result = run_stage(stage, frame, shard_rows, score, sketch)
+        frame = record_stage(store, stage, frame, result, stage_fp, position)
+        fingerprint = stage_fp
+        s = result.stats
+        log(f"{stage.name}: {s.rows_in} in, {s.rows_kept} kept, dropped {s.dropped or 'none'}")
+    return frame
+
+
+def curate_frames(frames: dict[str, pl.DataFrame], stages: list[Stage], store: MixStore) -> dict[str, pl.DataFrame]:
+    """Run `stages` over in-memory sources together (so dedup sees across them), in name order; return the
+    kept rows per source."""
+    names = sorted(frames)
+    frame = pl.concat([frames[n] for n in names], how="diagonal_relaxed") if names else pl.DataFrame()
+    kept = run_stages(frame, stages, store)
+    return {n: kept.filter(pl.col("source") == n) for n in names}
 
 
 def read_rows(path: str | Path) -> pl.DataFrame:
@@ -35,16 +113,9 @@ def read_rows(path: str | Path) -> pl.DataFrame:
 
 def curate(src: str | Path, out: str | Path, stages: list[Stage], rows_per_shard: int = 100_000) -> list[StageStats]:
     """Apply `stages` in order to the rows at `src`; write kept rows, rejected rows and stats under `out`."""
-    frame = read_rows(src)
-    store = MixStore(out)
-    all_stats = []
-    for stage in stages:
-        frame, rejected, stats = stage.run(frame)
-        store.write_rejected(stage.name, rejected)
-        store.write_stats(stage.name, stats.model_dump(mode="json"))
-        all_stats.append(stats)
-    write_shards(frame, store.data_dir, "train", rows_per_shard)
-    return all_stats
+    frame = run_stages(read_rows(src), stages, MixStore(out))
+    write_shards(frame, MixStore(out).data_dir, "train", rows_per_shard)
+    return [StageStats.model_validate(MixStore(out).read_stats(s.name)) for s in stages]
 
 
 def render_stats(all_stats: list[StageStats]) -> str:

@@ -36,7 +36,7 @@ from alignmix.filters.lsh import (
     unique_pairs,
     verify_pairs,
 )
-from alignmix.filters.minhash import ShingleHash, Sketch, sketch
+from alignmix.filters.minhash import ShingleHash, Sketch, concat_sketches, sketch
 from alignmix.filters.normalize import TextField, text_expr
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, histogram, keep_all
@@ -99,6 +99,11 @@ class NearDedup(Stage[NearDedupConfig]):
         cfg = self.config
         texts = frame.select(text_expr(cfg.field, row_kind(frame))).to_series()
         return sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash)
+
+    def score_sketches(self, frame: pl.DataFrame, sketches: list[Sketch]) -> pl.DataFrame:
+        """The scored frame from the sketches of its consecutive shards (signed anywhere, in shard order)."""
+        root, pairs, sims = near_duplicate_clusters(concat_sketches(sketches), self.config)
+        return self.score_clusters(frame, root, pairs, sims)
 
     def score_clusters(
         self, frame: pl.DataFrame, root: np.ndarray, pairs: np.ndarray, sims: np.ndarray

@@ -15,22 +15,23 @@ killed run resumes where it stopped and reruns give the same bytes. Every flow t
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from alignmix.flows.recipes import resolve_recipe
-from alignmix.flows import stages as stage_ops
 from alignmix.flows.runner import task_runner_for
+from alignmix.filters.apply import run_stages
+from alignmix.filters.near_dedup import NearDedup
 from alignmix.filters.registry import build_stage
 from alignmix.pipeline import curation
 from alignmix.pipeline.recipe import Recipe
-from alignmix.pipeline.store import MixStore, read_json, write_json
+from alignmix.pipeline.stage import Stage
+from alignmix.pipeline.store import MixStore
 
 # Retries where a retry can help: reading sources (network file systems, the Hub) and generation (a remote
 # endpoint, a worker lost). Curation and mixing are deterministic: a retry would fail the same way.
@@ -42,66 +43,12 @@ def _work(recipe: Recipe) -> Path:
     return recipe.out_dir() / "work"
 
 
-def _publish_part(part_dir: Path, mix_dir: Path) -> None:
-    """Copy a part's rejected rows and stats into the mix directory, where the card reads them.
-
-    A part's files are named by stage (`magpie.json`); in the mix they also carry the part's name
-    (`magpie-<generator>.json`), so two generators of one kind never overwrite each other.
-    """
-    for f, dest in _part_outputs(part_dir, mix_dir):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if f.suffix == ".json":
-            stats = read_json(f)
-            # Parts come before curation in the card's funnel: reading and generating, then the preference steps.
-            stats.setdefault("position", PART_POSITIONS.get(str(stats.get("stage", "")).split("-")[0], -4))
-            write_json(dest, stats)
-        elif not dest.exists() or dest.read_bytes() != f.read_bytes():
-            shutil.copyfile(f, dest)
-
-
-PART_POSITIONS = {"ingest": -4, "magpie": -4, "self_instruct": -4, "responses": -3, "judge": -2, "binarize": -1}
-
-
-def _part_outputs(part_dir: Path, mix_dir: Path) -> list[tuple[Path, Path]]:
-    part = part_dir.name
-    out = []
-    for sub in ("rejected", "stats"):
-        src = part_dir / sub
-        if src.exists():
-            for f in sorted(src.iterdir()):
-                if f.is_file() and not f.name.startswith("."):
-                    stem, _, ext = f.name.partition(".")
-                    out.append((f, mix_dir / sub / (f.name if part in stem else f"{stem}-{part}.{ext}")))
-    return out
-
-
-def _prune_stale(recipe: Recipe, part_dirs: dict[str, str]) -> None:
-    """Remove rejected rows and stats that this recipe no longer produces (a stage or source taken out since an
-    earlier build), so the card never counts them."""
-    mix_dir = recipe.out_dir()
-    keep = {dest for d in part_dirs.values() for _, dest in _part_outputs(Path(d), mix_dir)}
-    stages = {build_stage(spec).name for spec in recipe.curation}
-    keep |= {mix_dir / sub / f"{name}.{ext}" for name in stages for sub, ext in (("rejected", "parquet"), ("stats", "json"))}
-    for sub in ("rejected", "stats"):
-        for f in sorted((mix_dir / sub).glob("*")):
-            if f.is_file() and f not in keep and not f.name.startswith("mix"):
-                f.unlink()
-
-
 # --- tasks --------------------------------------------------------------------------------------------------
 
 
 @task(name="read-source", retries=IO_RETRIES, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_source_task(recipe: Recipe, name: str) -> str:
-    from alignmix.pipeline.ingest import ingest_source
-
-    spec = next(s for s in recipe.sources if s.name == name)
-    out = _work(recipe) / "sources" / name
-    try:
-        stats = ingest_source(spec, out, rows_per_shard=recipe.output.rows_per_shard)
-    except Exception as err:
-        raise RuntimeError(f"stage read-source failed on source {name!r} ({spec.path or spec.hf}): {err}") from err
-    _publish_part(out, recipe.out_dir())
+    out, stats = curation.ingest_part(recipe, name)
     get_run_logger().info("source %s: %s rows in, %s kept", name, stats.get("rows_in"), stats.get("rows_kept"))
     return str(out)
 
@@ -116,7 +63,7 @@ def generate_task(recipe: Recipe, name: str) -> str:
         stats = run_generator({"seed": recipe.seed, **spec}, out)
     except Exception as err:
         raise RuntimeError(f"stage generate failed on generator {name!r} ({spec.get('kind')}): {err}") from err
-    _publish_part(out, recipe.out_dir())
+    curation.publish_part(out, recipe.out_dir())
     get_run_logger().info("generator %s: %s rows kept", name, stats.get("rows_kept"))
     return str(out)
 
@@ -135,7 +82,7 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
         stats = build_preferences(prompts, spec, out)
     except Exception as err:
         raise RuntimeError(f"stage build-preferences failed on prompts from {prompt_dirs}: {err}") from err
-    _publish_part(out, recipe.out_dir())
+    curation.publish_part(out, recipe.out_dir())
     binarized = stats.get("binarize", {})
     get_run_logger().info(
         "preferences: %s prompts -> %s pairs, dropped %s", binarized.get("rows_in"), binarized.get("rows_kept"),
@@ -145,23 +92,28 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
 
 
 @task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard_task(stage_spec: dict[str, Any], shard: pl.DataFrame) -> pl.DataFrame:
-    return stage_ops.score_shard(stage_spec, shard)
+def score_shard_task(stage: Stage, shard: pl.DataFrame) -> pl.DataFrame:
+    """Score one shard with a row-local stage (its measurements and decisions; nothing dropped yet)."""
+    return stage.score(shard)
 
 
 @task(name="sketch-shard", cache_policy=NO_CACHE)
-def sketch_shard_task(stage_spec: dict[str, Any], shard: pl.DataFrame) -> Any:
-    return stage_ops.sketch_shard(stage_spec, shard)
+def sketch_shard_task(stage: NearDedup, shard: pl.DataFrame) -> Any:
+    """MinHash signatures (and shingle hashes) of one shard."""
+    return stage.sketch(shard)
+
+
+def _score_on_tasks(stage: Stage, shards: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    return [f.result() for f in score_shard_task.map(unmapped(stage), shards)]
+
+
+def _sketch_on_tasks(stage: Stage, shards: list[pl.DataFrame]) -> list[Any]:
+    return [f.result() for f in sketch_shard_task.map(unmapped(stage), shards)]
 
 
 @task(name="mix", cache_policy=NO_CACHE)
 def mix_task(recipe: Recipe, curated_path: str) -> dict[str, Any]:
-    from alignmix.pipeline.mix_build import build_mix
-
-    curated = pl.read_parquet(curated_path)
-    names = curation.mix_source_names(recipe, curated)
-    frames = {n: curated.filter(pl.col("source") == n) for n in names}
-    return build_mix(recipe, frames, recipe.output.dir)
+    return curation.mix_curated(recipe, curated_path)
 
 
 @task(name="card", cache_policy=NO_CACHE)
@@ -195,19 +147,6 @@ def generate_self_instruct(recipe: str) -> dict[str, str]:
     return _run_generators(resolve_recipe(recipe), "self_instruct")
 
 
-def _part_dirs(recipe: Recipe) -> dict[str, str]:
-    """Every finished part's folder by name: sources, generators, preferences."""
-    work = _work(recipe)
-    dirs = {}
-    for sub in ("sources", "generated", "preferences"):
-        d = work / sub
-        if d.exists():
-            for p in sorted(d.iterdir()):
-                if (p / "data").exists():
-                    dirs[p.name] = str(p)
-    return dirs
-
-
 @flow(name="build-preferences", log_prints=True)
 def build_preferences_flow(recipe: str, part_dirs: dict[str, str] | None = None) -> str | None:
     """Answer the recipe's prompts with several responses, judge them, binarize into preference pairs."""
@@ -215,7 +154,7 @@ def build_preferences_flow(recipe: str, part_dirs: dict[str, str] | None = None)
     if not r.preferences:
         print("the recipe has no `preferences:` section; nothing to do")
         return None
-    part_dirs = part_dirs or _part_dirs(r)
+    part_dirs = part_dirs or curation.finished_parts(r)
     wanted = r.preferences.get("prompts") or _generators(r, None)
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
     missing = [w for w in wanted if w not in part_dirs]
@@ -243,70 +182,11 @@ def curate_flow(recipe: str, part_dirs: dict[str, str] | None = None, dask_addre
 def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
     store = MixStore(recipe.out_dir())
     frame, fp = curation.gather(recipe, part_dirs)
-    shard_rows = stage_ops.shard_rows(recipe)
-    for position, spec in enumerate(recipe.curation, start=1):
-        stage = build_stage(spec)
-        stage_fp = curation.stage_fingerprint(spec, fp)
-        done = curation.load_done(store, stage.name, stage_fp)
-        if done is not None:
-            print(f"{stage.name}: finished in an earlier run, skipped")
-            frame, fp = done, stage_fp
-            continue
-        shards = curation.split(frame, shard_rows)
-        if stage.row_local:
-            scored = pl.concat([f.result() for f in score_shard_task.map([spec] * len(shards), shards)])
-            result = stage.finish(scored)
-        else:
-            sketches = None
-            if stage_ops.signs_shards(stage):
-                sketches = [f.result() for f in sketch_shard_task.map([spec] * len(shards), shards)]
-            result = stage_ops.run_global(stage, frame, sketches)
-        frame = curation.record_stage(store, stage, frame, result, stage_fp, position)
-        fp = stage_fp
-        s = result.stats
-        print(f"{stage.name}: {s.rows_in} in, {s.rows_kept} kept, dropped {s.dropped or 'none'}")
-    return curation.write_curated(store, frame)
-
-
-# Training flows do not capture print(): libraries print bytecode listings while fingerprinting datasets.
-@flow(name="train-sft")
-def train_sft_flow(recipe: str) -> dict[str, Any] | None:
-    """SFT on the recipe's built mix, with the recipe's `training.sft` settings."""
-    return _train(resolve_recipe(recipe), "sft")
-
-
-@flow(name="train-dpo")
-def train_dpo_flow(recipe: str) -> dict[str, Any] | None:
-    """DPO on the recipe's built mix, with the recipe's `training.dpo` settings."""
-    return _train(resolve_recipe(recipe), "dpo")
-
-
-def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
-    from alignmix.training import TrainingSection, train_dpo, train_sft
-
-    section = TrainingSection.model_validate(recipe.training or {})
-    config = getattr(section, kind)
-    if config is None:
-        get_run_logger().info("the recipe has no `training.%s` section; nothing to do", kind)
-        return None
-    out = recipe.out_dir() / "training" / kind
-    model = config.model
-    if kind == "dpo" and section.sft is not None and config.model in (None, "default", "sft"):
-        sft_adapter = recipe.out_dir() / "training" / "sft" / "adapter"
-        if sft_adapter.exists():
-            model = str(sft_adapter)
-    if model != config.model:
-        config = config.model_copy(update={"model": model})
-    run = train_sft if kind == "sft" else train_dpo
-    try:
-        result = run(recipe.out_dir(), out, config)
-    except Exception as err:
-        raise RuntimeError(f"stage train-{kind} failed on mix {recipe.out_dir()}: {err}") from err
-    get_run_logger().info("train-%s: adapter at %s", kind, result.get("adapter"))
-    return result
-
-
-PART_FLOWS = [generate_magpie, generate_self_instruct, build_preferences_flow, curate_flow, train_sft_flow, train_dpo_flow]
+    kept = run_stages(
+        frame, [build_stage(spec) for spec in recipe.curation], store, fingerprint=fp,
+        shard_rows=curation.shard_rows(recipe), score=_score_on_tasks, sketch=_sketch_on_tasks, log=print,
+    )
+    return curation.write_curated(store, kept)
 
 
 # --- the main flow ------------------------------------------------------------------------------------------
@@ -332,7 +212,7 @@ def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dic
             part_dirs[Path(pref_dir).name] = pref_dir
 
     curated_path = curate_flow(recipe, part_dirs, dask_address)
-    _prune_stale(r, part_dirs)
+    curation.prune_stale(r, part_dirs)
     manifest = mix_task(r, curated_path)
     card = card_task(r)
     _publish_artifacts(r, manifest, card)

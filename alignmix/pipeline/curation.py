@@ -8,6 +8,7 @@ of running the stage again.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import polars as pl
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageResult, count_reasons
-from alignmix.pipeline.store import MixStore, fingerprint, sha256_file, write_frame
+from alignmix.pipeline.store import MixStore, fingerprint, read_json, sha256_file, write_frame, write_json
 
 import alignmix
 
@@ -59,15 +60,17 @@ def gather(recipe: Recipe, part_dirs: dict[str, str]) -> tuple[pl.DataFrame, str
             "`preferences:` (and mix the pairs), or build two mixes"
         )
     frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    names = [s.get("stage") for s in recipe.curation]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"curation lists stage(s) {twice} twice; each stage runs once, with all its rules")
     return frame, fingerprint("gather", alignmix.__version__, digests)
 
 
-def stage_fingerprint(spec: dict[str, Any], previous: str) -> str:
-    return fingerprint("stage", alignmix.__version__, spec, previous)
+def shard_rows(recipe: Recipe) -> int:
+    """Rows per curation shard: the recipe's `task_runner.shard_rows`, or DEFAULT_SHARD_ROWS."""
+    return int((recipe.task_runner or {}).get("shard_rows", DEFAULT_SHARD_ROWS))
+
+
+def stage_fingerprint(stage: Stage, previous: str) -> str:
+    """A stage's name and full config (defaults included), chained to the fingerprint of its input."""
+    return fingerprint("stage", alignmix.__version__, stage.name, stage.config.model_dump(mode="json"), previous)
 
 
 def kept_path(store: MixStore, stage: str) -> Path:
@@ -89,15 +92,19 @@ def split(frame: pl.DataFrame, rows: int) -> list[pl.DataFrame]:
 
 
 def record_stage(
-    store: MixStore, stage: Stage, frame_in: pl.DataFrame, result: StageResult, stage_fp: str, position: int
+    store: MixStore, stage: Stage, frame_in: pl.DataFrame, result: StageResult, stage_fp: str | None, position: int
 ) -> pl.DataFrame:
-    """Write a stage's rejected rows, kept rows and stats (with per-source counts); mark it done; return kept."""
+    """Write a stage's rejected rows and stats (with per-source counts); with a fingerprint, also its kept rows,
+    and mark it done so a rerun can skip it. Return the kept rows."""
     kept, rejected, stats = result
     store.write_rejected(stage.name, rejected)
-    write_frame(kept, kept_path(store, stage.name))
     record = stats.model_dump(mode="json")
     record["by_source"] = by_source(frame_in, kept, rejected)
     record["position"] = position  # the stage's place in the recipe's curation list, for the card's funnel
+    if stage_fp is None:
+        store.write_stats(stage.name, record)
+        return kept
+    write_frame(kept, kept_path(store, stage.name))
     store.mark_done(stage.name, stage_fp, record, [store.rejected_path(stage.name), kept_path(store, stage.name)])
     return kept
 
@@ -118,3 +125,88 @@ def write_curated(store: MixStore, frame: pl.DataFrame) -> str:
     path = store.root / "work" / "curated.parquet"
     write_frame(frame, path)
     return str(path)
+
+
+def mix_curated(recipe: Recipe, curated_path: str | Path) -> dict[str, Any]:
+    """Mix the curated rows by the recipe into the mix directory (shards, stats/mix.json, manifest.json)."""
+    from alignmix.pipeline.mix_build import build_mix
+
+    curated = pl.read_parquet(curated_path)
+    frames = {n: curated.filter(pl.col("source") == n) for n in mix_source_names(recipe, curated)}
+    return build_mix(recipe, frames, recipe.output.dir)
+
+
+# --- parts: each source (or generator) in its own folder, its stats and rejected rows published into the mix ---
+
+
+def finished_parts(recipe: Recipe) -> dict[str, str]:
+    """Every finished part's folder by name: sources, generators, preferences (those with data/ shards)."""
+    work = recipe.out_dir() / "work"
+    dirs = {}
+    for sub in ("sources", "generated", "preferences"):
+        d = work / sub
+        if d.exists():
+            for p in sorted(d.iterdir()):
+                if (p / "data").exists():
+                    dirs[p.name] = str(p)
+    return dirs
+
+
+def ingest_part(recipe: Recipe, name: str) -> tuple[Path, dict[str, Any]]:
+    """Ingest the recipe's source `name` into work/sources/<name>/ (resumable) and publish its stats."""
+    from alignmix.pipeline.ingest import ingest_source
+
+    spec = next(s for s in recipe.sources if s.name == name)
+    out = recipe.out_dir() / "work" / "sources" / name
+    try:
+        stats = ingest_source(spec, out, rows_per_shard=recipe.output.rows_per_shard)
+    except Exception as err:
+        raise RuntimeError(f"stage read-source failed on source {name!r} ({spec.path or spec.hf}): {err}") from err
+    publish_part(out, recipe.out_dir())
+    return out, stats
+
+
+def publish_part(part_dir: Path, mix_dir: Path) -> None:
+    """Copy a part's rejected rows and stats into the mix directory, where the card reads them.
+
+    A part's files are named by stage (`magpie.json`); in the mix they also carry the part's name
+    (`magpie-<generator>.json`), so two generators of one kind never overwrite each other.
+    """
+    for f, dest in part_outputs(part_dir, mix_dir):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".json":
+            stats = read_json(f)
+            # Parts come before curation in the card's funnel: reading and generating, then the preference steps.
+            stats.setdefault("position", PART_POSITIONS.get(str(stats.get("stage", "")).split("-")[0], -4))
+            write_json(dest, stats)
+        elif not dest.exists() or dest.read_bytes() != f.read_bytes():
+            shutil.copyfile(f, dest)
+
+
+PART_POSITIONS = {"ingest": -4, "magpie": -4, "self_instruct": -4, "responses": -3, "judge": -2, "binarize": -1}
+
+
+def part_outputs(part_dir: Path, mix_dir: Path) -> list[tuple[Path, Path]]:
+    part = part_dir.name
+    out = []
+    for sub in ("rejected", "stats"):
+        src = part_dir / sub
+        if src.exists():
+            for f in sorted(src.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    stem, _, ext = f.name.partition(".")
+                    out.append((f, mix_dir / sub / (f.name if part in stem else f"{stem}-{part}.{ext}")))
+    return out
+
+
+def prune_stale(recipe: Recipe, part_dirs: dict[str, str]) -> None:
+    """Remove rejected rows and stats that this recipe no longer produces (a stage or source taken out since an
+    earlier build), so the card never counts them."""
+    mix_dir = recipe.out_dir()
+    keep = {dest for d in part_dirs.values() for _, dest in part_outputs(Path(d), mix_dir)}
+    stages = {str(spec.get("stage")) for spec in recipe.curation}
+    keep |= {mix_dir / sub / f"{name}.{ext}" for name in stages for sub, ext in (("rejected", "parquet"), ("stats", "json"))}
+    for sub in ("rejected", "stats"):
+        for f in sorted((mix_dir / sub).glob("*")):
+            if f.is_file() and f not in keep and not f.name.startswith("mix"):
+                f.unlink()

@@ -4,7 +4,7 @@ data card shows, so that the card is rendered from recorded numbers and never re
     recipe = load_recipe("recipes/demo.yaml")
     store = MixStore(Path(out) / recipe.name)
     frames = {s.name: read_source(s, store) for s in recipe.sources}     # stats/ingest-<name>.json, rejected/
-    curated = curate(frames, stages, store)                              # stats/<stage>.json, rejected/<stage>
+    curated = curate_frames(frames, stages, store)                       # alignmix.filters.apply: stats, rejected
     manifest = build_mix(recipe, curated, out)                           # data/, stats/mix.json, manifest.json
 
 `stats/mix.json` holds the mix's own numbers (per-source draws, splits, topics, lengths, scores, margins)
@@ -26,42 +26,14 @@ import yaml
 
 import alignmix
 from alignmix.pipeline.ingest import read_source  # noqa: F401  (re-exported: one source into memory)
-from alignmix.pipeline.curation import by_source
 from alignmix.pipeline.mixing import MixResult, mix_sources
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.schema import row_kind
-from alignmix.pipeline.stage import Stage, count_reasons, histogram
+from alignmix.pipeline.stage import count_reasons, histogram
 from alignmix.pipeline.store import MixStore, read_json, write_frame, write_shards
 
 EXAMPLE_CHARS = 400  # how much of a row's text the card quotes
 ENV_PACKAGES = ("polars", "pyarrow", "numpy", "datasets", "huggingface_hub", "matplotlib", "pydantic")
-
-
-# --- curation -----------------------------------------------------------------------------------------------
-
-
-def reset_outputs(store: MixStore) -> None:
-    """Remove the rejected rows and stats of an earlier build, so a rebuild never counts a stage that no longer
-    runs. Shards are replaced by the next write."""
-    for pattern in ("rejected/*.parquet", "stats/*.json", "stats/mix-draws.parquet"):
-        for path in store.root.glob(pattern):
-            path.unlink()
-
-
-def curate(frames: dict[str, pl.DataFrame], stages: list[Stage], store: MixStore) -> dict[str, pl.DataFrame]:
-    """Run `stages` in order over all sources together (so dedup sees across sources); write each stage's
-    `rejected/<stage>.parquet` and `stats/<stage>.json` (with per-source counts); return kept rows per source."""
-    names = sorted(frames)
-    current = pl.concat([frames[n] for n in names], how="diagonal_relaxed") if names else pl.DataFrame()
-    for position, stage in enumerate(stages, start=1):
-        kept, rejected, stats = stage.run(current)
-        store.write_rejected(stage.name, rejected)
-        record = stats.model_dump(mode="json")
-        record["position"] = position  # the funnel's order
-        record["by_source"] = by_source(current, kept, rejected)
-        store.write_stats(stage.name, record)
-        current = kept
-    return {n: current.filter(pl.col("source") == n) for n in names}
 
 
 # --- the mix ------------------------------------------------------------------------------------------------

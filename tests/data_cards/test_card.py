@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from alignmix.cli import app
 from alignmix.data_cards import show_card, write_card
 from alignmix.data_cards.collect import validate_hub_metadata
-from alignmix.pipeline.mix_build import build_mix, curate, read_source
+from alignmix.filters.apply import curate_frames
+from alignmix.pipeline.mix_build import build_mix, read_source
 from alignmix.pipeline.recipe import load_recipe
 from alignmix.pipeline.stage import Stage, StageConfig, decide, keep_all
 from alignmix.pipeline.store import MixStore
@@ -81,7 +82,7 @@ def built(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = MixStore(tmp / "out" / recipe.name)
     frames = {s.name: read_source(s, store) for s in recipe.sources}
     assert_stage_contract(IdenticalPair(), pl.concat(list(frames.values())))
-    curated = curate(frames, [IdenticalPair()], store)
+    curated = curate_frames(frames, [IdenticalPair()], store)
     build_mix(recipe, curated, tmp / "out")
     write_card(store.root)
     return store.root
@@ -331,6 +332,6 @@ def test_same_recipe_and_seed_give_identical_shards(shared_data: Path, built: Pa
     recipe = load_recipe(RECIPE.format(data=shared_data, evil=built.parent.parent / "evil.jsonl"))
     store = MixStore(tmp_path / recipe.name)
     frames = {s.name: read_source(s, store) for s in recipe.sources}
-    again = build_mix(recipe, curate(frames, [IdenticalPair()], store), tmp_path)
+    again = build_mix(recipe, curate_frames(frames, [IdenticalPair()], store), tmp_path)
     first = json.loads((built / "manifest.json").read_text())
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
