@@ -68,3 +68,34 @@ def test_demo_deployment_on_a_prefect_server(tmp_path: Path):
     # The demo trains too: both adapters exist.
     assert (mix / "training" / "sft" / "adapter" / "adapter_config.json").exists()
     assert (mix / "training" / "dpo" / "adapter" / "adapter_config.json").exists()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_both_deployments_to_a_work_pool(tmp_path: Path):
+    """The work-pool route in prefect.yaml: `prefect deploy --all` loads each entrypoint and registers it."""
+    with prefect_server(tmp_path / "prefect-home") as (api_url, env):
+        prefect = str(BIN / "prefect")
+        pool = subprocess.run([prefect, "work-pool", "create", "alignmix", "--type", "process"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
+        deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        deployments = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=10).json()
+        by_name = {d["name"]: d for d in deployments}
+        assert set(by_name) == {"demo", "ultrafeedback"}
+        for name, recipe in (("demo", "recipes/demo.yaml"), ("ultrafeedback", "recipes/ultrafeedback-mix.yaml")):
+            d = by_name[name]
+            assert d["work_pool_name"] == "alignmix"
+            assert d["entrypoint"] == "alignmix/flows/build.py:build_ultrafeedback_mix"
+            assert d["parameters"] == {"recipe": recipe}
+            assert "recipe" in d["parameter_openapi_schema"]["properties"]
+            # A worker on this machine starts the run in the checkout: the pull step points at it.
+            assert d["pull_steps"] == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+            ], d["pull_steps"]
+        flows = httpx.post(f"{api_url}/flows/filter", json={}, timeout=10).json()
+        assert {f["name"] for f in flows} == {"build-ultrafeedback-mix"}
