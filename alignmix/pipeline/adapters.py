@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, sft_row
 
@@ -51,11 +50,6 @@ class Adapter:
         if not isinstance(record, Mapping):
             raise RowError("bad_type", None, f"a record must be a JSON object, got {type(record).__name__}")
         extra = {k: v for k, v in record.items() if k not in self.consumed and v is not None}
-        if extra:
-            try:
-                orjson.dumps(extra)
-            except TypeError:  # parquet and datasets may hold bytes, decimals, ...: kept as their text
-                extra = orjson.loads(orjson.dumps(extra, default=str))
         return self.convert_fn(record, source=source, source_id=source_id, meta=extra)
 
 

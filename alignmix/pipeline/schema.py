@@ -98,8 +98,13 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+def _nfc(text: str) -> str:
+    # ASCII text is already NFC, and str.isascii() is O(1): most rows skip the normalizer.
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def _message_key(messages: list[dict[str, Any]]) -> list[list[str]]:
-    return [[m["role"], unicodedata.normalize("NFC", m["content"]).strip()] for m in messages]
+    return [[m["role"], _nfc(m["content"]).strip()] for m in messages]
 
 
 def content_id(row: dict[str, Any]) -> str:
@@ -110,7 +115,7 @@ def content_id(row: dict[str, Any]) -> str:
     """
     if "chosen" in row:
         key: Any = {
-            "prompt": unicodedata.normalize("NFC", row["prompt"] or "").strip(),
+            "prompt": _nfc(row["prompt"] or "").strip(),
             "chosen": _message_key(row["chosen"]),
             "rejected": _message_key(row["rejected"]),
         }
@@ -203,7 +208,10 @@ def _finish(row: dict[str, Any], source: str, source_id: str, meta: dict[str, An
     elif isinstance(meta, str):
         row["meta"] = meta
     else:
-        row["meta"] = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+        try:
+            row["meta"] = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:  # parquet and datasets may hold bytes, decimals, ...: kept as their text
+            row["meta"] = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS, default=str).decode()
     return row
 
 
