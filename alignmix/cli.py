@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="alignmix: build, curate and mix post-training data (SFT and preference rows), then train on it.",
@@ -18,7 +19,8 @@ console = Console()
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # Escaped: messages quote user text ("[...]" would be read as markup); unwrapped: paths stay whole.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -254,7 +256,7 @@ def dedup(
         if not exact_only:
             stages.append(build_stage({"stage": "near_dedup", "field": on, "threshold": threshold, "keep": keep}))
         stats = curate(src, out, stages)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
     console.print(render_stats(stats), highlight=False)
 
@@ -276,7 +278,7 @@ def filter_rows(
     try:
         specs = [orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s} for s in stage]
         stats = curate(src, out, [build_stage(spec) for spec in specs])
-    except (ValueError, FileNotFoundError, orjson.JSONDecodeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, orjson.JSONDecodeError) as err:
         fail(str(err))
     console.print(render_stats(stats), highlight=False)
 

@@ -26,6 +26,10 @@ from alignmix.pipeline.schema import check_frame
 from alignmix.pipeline.stage import Stage, StageResult, StageStats
 from alignmix.pipeline.store import MixStore, write_shards
 
+class StageFailed(RuntimeError):
+    """A curation stage raised: the message names the stage, its place in the list, and its input."""
+
+
 # (stage, consecutive shards) -> one result per shard, in order: scored frames, or MinHash sketches.
 ShardMap = Callable[[Stage, list[pl.DataFrame]], list[Any]]
 
@@ -78,7 +82,14 @@ def run_stages(
                 log(f"{stage.name}: finished in an earlier run, skipped")
                 frame, fingerprint = done, stage_fp
                 continue
-        result = run_stage(stage, frame, shard_rows, score, sketch)
+        try:
+            result = run_stage(stage, frame, shard_rows, score, sketch)
+        except Exception as err:
+            sources = frame["source"].unique(maintain_order=True).to_list() if "source" in frame.columns else []
+            raise StageFailed(
+                f"stage {stage.name} ({position} of {len(stages)} in curation) failed on {frame.height} rows "
+                f"from {', '.join(map(str, sources)) or 'no source'}: {type(err).__name__}: {err}"
+            ) from err
         frame = record_stage(store, stage, frame, result, stage_fp, position)
         fingerprint = stage_fp
         s = result.stats

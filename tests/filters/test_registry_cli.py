@@ -79,6 +79,16 @@ def test_filter_command_and_its_errors(ingested):
     assert result.exit_code == 2 and "unknown curation stage 'nope'" in result.output
     result = CliRunner().invoke(app, ["dedup", str(ingested / "missing"), "--out", str(out)])
     assert result.exit_code == 2 and "holds no parquet rows" in result.output
+    # A stage that fails while running names itself, its place and its input, then what went wrong.
+    gone = ingested / "gone.jsonl"
+    result = CliRunner().invoke(app, [
+        "filter", str(ingested / "in"), "--out", str(out), "--stage", "consistency",
+        "--stage", f'{{"stage": "decontam", "evals": [{{"path": "{gone}", "field": "q"}}]}}',
+    ])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert (f"stage decontam (2 of 2 in curation) failed on 3 rows from t: FileNotFoundError: evaluation set {gone} "
+            "does not exist") in message
 
 
 def test_review_command(ingested):
