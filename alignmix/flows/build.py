@@ -189,6 +189,46 @@ def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
     return curation.write_curated(store, kept)
 
 
+@flow(name="train-sft")
+def train_sft_flow(recipe: str) -> dict[str, Any] | None:
+    """SFT on the recipe's built mix, with the recipe's `training.sft` settings."""
+    return _train(resolve_recipe(recipe), "sft")
+
+
+@flow(name="train-dpo")
+def train_dpo_flow(recipe: str) -> dict[str, Any] | None:
+    """DPO on the recipe's built mix, with the recipe's `training.dpo` settings."""
+    return _train(resolve_recipe(recipe), "dpo")
+
+
+def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
+    from alignmix.training import TrainingSection, train_dpo, train_sft
+
+    section = TrainingSection.model_validate(recipe.training or {})
+    config = getattr(section, kind)
+    if config is None:
+        get_run_logger().info("the recipe has no `training.%s` section; nothing to do", kind)
+        return None
+    out = recipe.out_dir() / "training" / kind
+    model = config.model
+    if kind == "dpo" and section.sft is not None and config.model in (None, "default", "sft"):
+        sft_adapter = recipe.out_dir() / "training" / "sft" / "adapter"
+        if sft_adapter.exists():
+            model = str(sft_adapter)
+    if model != config.model:
+        config = config.model_copy(update={"model": model})
+    run = train_sft if kind == "sft" else train_dpo
+    try:
+        result = run(recipe.out_dir(), out, config)
+    except Exception as err:
+        raise RuntimeError(f"stage train-{kind} failed on mix {recipe.out_dir()}: {err}") from err
+    get_run_logger().info("train-%s: adapter at %s", kind, result.get("adapter"))
+    return result
+
+
+PART_FLOWS = [generate_magpie, generate_self_instruct, build_preferences_flow, curate_flow, train_sft_flow, train_dpo_flow]
+
+
 # --- the main flow ------------------------------------------------------------------------------------------
 
 

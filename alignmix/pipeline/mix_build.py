@@ -29,7 +29,7 @@ from alignmix.pipeline.ingest import read_source  # noqa: F401  (re-exported: on
 from alignmix.pipeline.mixing import MixResult, mix_sources
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.schema import row_kind
-from alignmix.pipeline.stage import count_reasons, histogram
+from alignmix.pipeline.stage import histogram
 from alignmix.pipeline.store import MixStore, read_json, write_frame, write_shards
 
 EXAMPLE_CHARS = 400  # how much of a row's text the card quotes
