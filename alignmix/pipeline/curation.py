@@ -1,9 +1,13 @@
-"""Running curation stages over a mix's rows, resumably: gather the parts, record each stage, hand over files.
+"""A mix directory's parts and its curation records: what `alignmix mix` and the flow share.
 
-The stages themselves live in `alignmix.filters`; this module only knows the stage contract. Each finished
-stage leaves `rejected/<stage>.parquet`, `stats/<stage>.json` (with its fingerprint and per-source counts) and
-its kept rows in `work/curate/<stage>.parquet`; a rerun whose inputs and config hash match reads those instead
-of running the stage again.
+Parts: each source is ingested into `work/sources/<name>/` (generators and preferences write their own
+folders); `publish_part` copies a part's stats and rejected rows into the mix, where the card reads them;
+`gather` concatenates the parts that feed the mix and fingerprints them.
+
+Records: the engine that runs the stages is `alignmix.filters.apply.run_stages`; this module only knows the
+stage contract. Each finished stage leaves `rejected/<stage>.parquet`, `stats/<stage>.json` (with its
+fingerprint and per-source counts) and, when resumable, its kept rows in `work/curate/<stage>.parquet`; a rerun
+whose inputs and config hash match reads those instead of running the stage again.
 """
 
 from __future__ import annotations
