@@ -94,13 +94,13 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
 @task(name="score-shard", cache_policy=NO_CACHE)
 def score_shard_task(stage: Stage, shard: pl.DataFrame) -> pl.DataFrame:
     """Score one shard with a row-local stage (its measurements and decisions; nothing dropped yet)."""
-    return stage.score(shard)
+    return stage.fresh().score(shard)
 
 
 @task(name="sketch-shard", cache_policy=NO_CACHE)
 def sketch_shard_task(stage: NearDedup, shard: pl.DataFrame) -> Any:
     """MinHash signatures (and shingle hashes) of one shard."""
-    return stage.sketch(shard)
+    return stage.fresh().sketch(shard)
 
 
 def _score_on_tasks(stage: Stage, shards: list[pl.DataFrame]) -> list[pl.DataFrame]:

@@ -65,6 +65,11 @@ class Stage(ABC, Generic[C]):
             config = self.config_class(**config)
         self.config: C = config  # type: ignore[assignment]
 
+    def fresh(self) -> "Stage[C]":
+        """A new instance with the same config and nothing loaded yet (no tokenizer, model or index): what one
+        parallel worker scores with, since such resources are not safe to share between threads."""
+        return type(self)(self.config)
+
     @abstractmethod
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Return `frame` with measurement columns plus `drop_reason` and `drop_detail` (both String)."""

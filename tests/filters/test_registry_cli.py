@@ -30,6 +30,9 @@ def test_every_stage_builds_from_a_recipe_entry(tmp_path):
         assert stage.name == name
         dumped = stage.config.model_dump(mode="json", exclude_none=True)
         assert {k: dumped[k] for k in config} == config
+        # What a parallel shard task scores with: same config, its own (unloaded) resources.
+        fresh = stage.fresh()
+        assert type(fresh) is type(stage) and fresh is not stage and fresh.config == stage.config
 
 
 def test_bad_entries_name_the_problem():
