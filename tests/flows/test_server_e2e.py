@@ -17,6 +17,7 @@ from tests.flows.prefect_server import BIN, prefect_server, stop
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole demo (generation, judging, curation, SFT, DPO): minutes on 2 busy cores
 def test_demo_deployment_on_a_prefect_server(tmp_path: Path):
     with prefect_server(tmp_path / "prefect-home") as (api_url, env):
         serve_log = open(tmp_path / "serve.log", "w")
@@ -37,7 +38,7 @@ def test_demo_deployment_on_a_prefect_server(tmp_path: Path):
 
             run = subprocess.run(
                 [str(BIN / "prefect"), "deployment", "run", "build-ultrafeedback-mix/demo", "--watch"],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2300,
             )
             assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-5000:]
             assert "Completed" in run.stdout
