@@ -124,9 +124,10 @@ def read_rows(path: str | Path) -> pl.DataFrame:
 
 def curate(src: str | Path, out: str | Path, stages: list[Stage], rows_per_shard: int = 100_000) -> list[StageStats]:
     """Apply `stages` in order to the rows at `src`; write kept rows, rejected rows and stats under `out`."""
-    frame = run_stages(read_rows(src), stages, MixStore(out))
-    write_shards(frame, MixStore(out).data_dir, "train", rows_per_shard)
-    return [StageStats.model_validate(MixStore(out).read_stats(s.name)) for s in stages]
+    store = MixStore(out)
+    frame = run_stages(read_rows(src), stages, store)
+    write_shards(frame, store.data_dir, "train", rows_per_shard)
+    return [StageStats.model_validate(store.read_stats(s.name)) for s in stages]
 
 
 def render_stats(all_stats: list[StageStats]) -> str:

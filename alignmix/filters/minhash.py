@@ -345,6 +345,8 @@ def concat_sketches(parts: Sequence[Sketch]) -> Sketch:
     """Shard sketches, in shard order, as one (document indices become global)."""
     if not parts:
         raise ValueError("no sketches to concatenate")
+    if len(parts) == 1:
+        return parts[0]  # one shard: its offsets already start at 0
     hashes = np.concatenate([p.hashes for p in parts])
     offsets = [np.zeros(1, dtype=np.int64)]
     base = 0

@@ -91,8 +91,7 @@ class NearDedup(Stage[NearDedupConfig]):
     row_local = False
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
-        root, pairs, sims = near_duplicate_clusters(self.sketch(frame), self.config)
-        return self.score_clusters(frame, root, pairs, sims)
+        return self.score_sketches(frame, [self.sketch(frame)])
 
     def sketch(self, frame: pl.DataFrame) -> Sketch:
         """The MinHash sketch of one shard's rows (the per-shard step; `concat_sketches` joins shards)."""

@@ -39,10 +39,6 @@ IO_RETRIES = 2
 GENERATION_RETRIES = 1
 
 
-def _work(recipe: Recipe) -> Path:
-    return recipe.out_dir() / "work"
-
-
 # --- tasks --------------------------------------------------------------------------------------------------
 
 
@@ -58,7 +54,7 @@ def generate_task(recipe: Recipe, name: str) -> str:
     from alignmix.synth import run_generator
 
     spec = next(g for g in recipe.generators if g.get("name") == name)
-    out = _work(recipe) / "generated" / name
+    out = curation.work_dir(recipe) / "generated" / name
     try:
         stats = run_generator({"seed": recipe.seed, **spec}, out)
     except Exception as err:
@@ -75,7 +71,7 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
     spec = dict(recipe.preferences or {})
     spec.pop("prompts", None)
     spec.setdefault("seed", recipe.seed)
-    out = _work(recipe) / "preferences" / spec.get("name", "preferences")
+    out = curation.work_dir(recipe) / "preferences" / spec.get("name", "preferences")
     frames = [MixStore(d).read() for d in prompt_dirs]
     prompts = pl.concat(frames, how="diagonal_relaxed") if frames else None
     try:

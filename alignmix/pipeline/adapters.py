@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
 from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, sft_row
 
 Row = dict[str, Any]

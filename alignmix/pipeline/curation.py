@@ -143,9 +143,14 @@ def mix_curated(recipe: Recipe, curated_path: str | Path) -> dict[str, Any]:
 # --- parts: each source (or generator) in its own folder, its stats and rejected rows published into the mix ---
 
 
+def work_dir(recipe: Recipe) -> Path:
+    """Where a mix's parts and intermediate files live: `<output.dir>/<name>/work/`."""
+    return recipe.out_dir() / "work"
+
+
 def finished_parts(recipe: Recipe) -> dict[str, str]:
     """Every finished part's folder by name: sources, generators, preferences (those with data/ shards)."""
-    work = recipe.out_dir() / "work"
+    work = work_dir(recipe)
     dirs = {}
     for sub in ("sources", "generated", "preferences"):
         d = work / sub
@@ -161,7 +166,7 @@ def ingest_part(recipe: Recipe, name: str) -> tuple[Path, dict[str, Any]]:
     from alignmix.pipeline.ingest import ingest_source
 
     spec = next(s for s in recipe.sources if s.name == name)
-    out = recipe.out_dir() / "work" / "sources" / name
+    out = work_dir(recipe) / "sources" / name
     try:
         stats = ingest_source(spec, out, rows_per_shard=recipe.output.rows_per_shard)
     except Exception as err:
