@@ -313,8 +313,7 @@ def mix(
     sources and stages that finished with the same inputs are not redone.
     """
     from alignmix.data_cards import write_card
-    from alignmix.filters.apply import run_stages
-    from alignmix.filters.registry import build_stage
+    from alignmix.filters.apply import curate_recipe
     from alignmix.pipeline import curation
     from alignmix.pipeline.mixing import MixError
     from alignmix.pipeline.recipe import RecipeError, load_recipe
@@ -334,11 +333,9 @@ def mix(
             part_dirs[source.name] = str(folder)
             again = " (finished in an earlier run)" if stats.get("resumed") else ""
             log(f"read {source.name}: {stats['rows_in']} rows in, {stats['rows_kept']} kept{again}")
-        frame, fingerprint = curation.gather(r, part_dirs)
-        kept = run_stages(frame, [build_stage(dict(entry)) for entry in r.curation], store, fingerprint=fingerprint,
-                          shard_rows=curation.shard_rows(r), log=log)
+        curated_path = curate_recipe(r, part_dirs, log=log)
         curation.prune_stale(r, part_dirs)
-        manifest = curation.mix_curated(r, curation.write_curated(store, kept))
+        manifest = curation.mix_curated(r, curated_path)
     except (MixError, ValueError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
     paths = write_card(store.root)

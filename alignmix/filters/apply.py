@@ -21,7 +21,18 @@ from typing import Any, Callable
 import polars as pl
 
 from alignmix.filters.near_dedup import NearDedup
-from alignmix.pipeline.curation import DEFAULT_SHARD_ROWS, load_done, record_stage, split, stage_fingerprint
+from alignmix.filters.registry import build_stage
+from alignmix.pipeline.curation import (
+    DEFAULT_SHARD_ROWS,
+    gather,
+    load_done,
+    record_stage,
+    shard_rows,
+    split,
+    stage_fingerprint,
+    write_curated,
+)
+from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.schema import check_frame
 from alignmix.pipeline.stage import Stage, StageResult, StageStats
 from alignmix.pipeline.store import MixStore, write_shards
@@ -95,6 +106,17 @@ def run_stages(
         s = result.stats
         log(f"{stage.name}: {s.rows_in} in, {s.rows_kept} kept, dropped {s.dropped or 'none'}")
     return frame
+
+
+def curate_recipe(recipe: Recipe, part_dirs: dict[str, str], *, score: ShardMap = score_in_process,
+                  sketch: ShardMap = sketch_in_process, log: Callable[[str], None] = lambda line: None) -> str:
+    """The recipe's curation over the parts that feed its mix, resumably; return the path of the curated rows.
+    What both `alignmix mix` and the flow's `curate` run (the flow maps the shards onto Prefect tasks)."""
+    store = MixStore(recipe.out_dir())
+    frame, fingerprint = gather(recipe, part_dirs)
+    kept = run_stages(frame, [build_stage(spec) for spec in recipe.curation], store, fingerprint=fingerprint,
+                      shard_rows=shard_rows(recipe), score=score, sketch=sketch, log=log)
+    return write_curated(store, kept)
 
 
 def curate_frames(frames: dict[str, pl.DataFrame], stages: list[Stage], store: MixStore) -> dict[str, pl.DataFrame]:

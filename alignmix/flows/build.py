@@ -25,9 +25,8 @@ from prefect.cache_policies import NO_CACHE
 
 from alignmix.flows.recipes import resolve_recipe
 from alignmix.flows.runner import task_runner_for
-from alignmix.filters.apply import run_stages
+from alignmix.filters.apply import curate_recipe
 from alignmix.filters.near_dedup import NearDedup
-from alignmix.filters.registry import build_stage
 from alignmix.pipeline import curation
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.stage import Stage
@@ -176,13 +175,7 @@ def curate_flow(recipe: str, part_dirs: dict[str, str] | None = None, dask_addre
 
 @flow(name="curate-stages", log_prints=True)
 def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
-    store = MixStore(recipe.out_dir())
-    frame, fp = curation.gather(recipe, part_dirs)
-    kept = run_stages(
-        frame, [build_stage(spec) for spec in recipe.curation], store, fingerprint=fp,
-        shard_rows=curation.shard_rows(recipe), score=_score_on_tasks, sketch=_sketch_on_tasks, log=print,
-    )
-    return curation.write_curated(store, kept)
+    return curate_recipe(recipe, part_dirs, score=_score_on_tasks, sketch=_sketch_on_tasks, log=print)
 
 
 @flow(name="train-sft")
