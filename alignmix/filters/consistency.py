@@ -10,12 +10,14 @@ Rules, in order (a row carries the first one it breaks), with an example detail:
     near_identical_pair    word similarity of the responses >= near_identical   "0.9412"
     position_inconsistent  a pairwise judge's verdict flips with the order      "chosen first: chosen; rejected first: rejected"
 
-Metadata the rules read from `meta` (JSON), as a generator or judge records it:
+Metadata the rules read from `meta` (JSON), as binarization and the pairwise judge record it (the format is
+`alignmix.pipeline.pairwise`, shared by both):
 
     {"finish_reason": {"chosen": "stop", "rejected": "length"},
-     "pairwise": [{"first": "chosen", "winner": "chosen"}, {"first": "rejected", "winner": "rejected"}]}
+     "pairwise": {"verdicts": [{"first": "chosen", "winner": "chosen", ...},
+                               {"first": "rejected", "winner": "rejected", ...}], "consistent": false, ...}}
 
-`winner` names the response the judge preferred (chosen, rejected or tie), not its position.
+`winner` names the response the judge preferred (chosen or rejected), not its position.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import polars as pl
 from pydantic import Field
 
 from alignmix.filters.normalize import final_turn, normalized
+from alignmix.pipeline.pairwise import position_verdicts
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, decide, histogram, keep_all
 
@@ -91,17 +94,6 @@ def truncation(meta: dict[str, Any], chosen: str, rejected: str, heuristic: bool
             if looks_truncated(text):
                 return f"{side}: ends mid-sentence"
     return None
-
-
-def position_verdicts(meta: dict[str, Any]) -> tuple[str, str] | None:
-    """(winner with chosen shown first, winner with rejected shown first) when the meta holds both, else None."""
-    by_order: dict[str, str] = {}
-    for j in meta.get("pairwise") or []:
-        if isinstance(j, dict) and j.get("first") in ("chosen", "rejected") and j.get("winner"):
-            by_order.setdefault(j["first"], str(j["winner"]))
-    if len(by_order) < 2:
-        return None
-    return by_order["chosen"], by_order["rejected"]
 
 
 class PreferenceConsistency(Stage[ConsistencyConfig]):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import orjson
 import polars as pl
 
+from alignmix.pipeline.pairwise import finish_reasons
 from alignmix.pipeline.schema import RowError, preference_row, to_frame
 from alignmix.pipeline.stage import Stage, StageConfig, histogram
 from alignmix.synth.backends import request_seed
@@ -122,6 +123,7 @@ def to_preference_rows(kept: pl.DataFrame, source: str, mode: str) -> tuple[pl.D
             "rejected_index": g["rejected_index"],
             "chosen": _side(c),
             "rejected": _side(r),
+            "finish_reason": finish_reasons(c["meta"], r["meta"]),
             "all_scores": [
                 {"index": i, "responder": x["meta"].get("responder"), "rating": x["rating"], "ratings": x["meta"]["judge"]["ratings"]}
                 for i, x in enumerate(responses)
@@ -143,6 +145,7 @@ def _side(response: dict[str, Any]) -> dict[str, Any]:
     return {
         "responder": m.get("responder"),
         "model": m.get("model"),
+        "finish_reason": m.get("finish_reason"),
         "rating": j["rating"],
         "ratings": j["ratings"],
         "rationales": j["rationales"],

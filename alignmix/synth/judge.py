@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from alignmix.pipeline.pairwise import pairwise_record, verdict
 from alignmix.pipeline.store import MixStore, fingerprint
 from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame, stage_rows
@@ -204,27 +205,21 @@ class Judge:
         return out, sum(r.completion_tokens for r in results)
 
     def compare(self, items: list[tuple[str, str, str]], progress=None) -> list[dict[str, Any]]:
-        """Pairwise verdicts for (instruction, chosen, rejected), asked as (A=chosen, B=rejected) and swapped.
-
-        `consistent` is true when the same answer wins in both orders; `agrees` when that answer is the chosen one.
-        """
+        """Pairwise records (see `alignmix.pipeline.pairwise`) for (instruction, chosen, rejected), asked with the
+        chosen answer as A and again with it as B."""
         ask = "Which answer to the instruction is better? Reply with A or B.\n\nInstruction:\n{i}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}"
         reqs = []
         for ins, chosen, rejected in items:
             reqs.append(self._request(ask.format(i=ins, a=chosen, b=rejected), "Better answer:", 4, self._seed(ins, chosen, "AB")))
             reqs.append(self._request(ask.format(i=ins, a=rejected, b=chosen), "Better answer:", 4, self._seed(ins, chosen, "BA")))
         res = self.backend.generate(reqs, progress)
-        out = []
-        for k in range(len(items)):
-            ab, ba = _letter(res[2 * k].text), _letter(res[2 * k + 1].text)
-            winner_ab = {"A": "chosen", "B": "rejected"}.get(ab or "")
-            winner_ba = {"A": "rejected", "B": "chosen"}.get(ba or "")
-            consistent = None if not (winner_ab and winner_ba) else winner_ab == winner_ba
-            out.append({
-                "ab": ab, "ba": ba, "raw_ab": res[2 * k].text, "raw_ba": res[2 * k + 1].text,
-                "consistent": consistent, "agrees": (winner_ab == "chosen") if consistent else None,
-            })  # fmt: skip
-        return out
+        return [
+            pairwise_record([
+                verdict("chosen", _letter(res[2 * k].text), res[2 * k].text),
+                verdict("rejected", _letter(res[2 * k + 1].text), res[2 * k + 1].text),
+            ])  # fmt: skip
+            for k in range(len(items))
+        ]
 
 
 def _letter(text: str) -> str | None:

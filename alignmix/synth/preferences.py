@@ -28,7 +28,7 @@ from alignmix.synth.progress import maybe_progress
 from alignmix.synth.responses import generate_responses
 
 STAGE = "binarize"
-VERSION = "binarize-v1"
+VERSION = "binarize-v2"  # v2: meta.finish_reason and the shared pairwise record
 
 
 def _rated_rows(source: Any) -> pl.DataFrame:

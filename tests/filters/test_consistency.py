@@ -3,6 +3,7 @@
 import polars as pl
 
 from alignmix.filters.consistency import PreferenceConsistency, looks_truncated, response_similarity
+from alignmix.pipeline.pairwise import pairwise_record, verdict
 from tests.filters.rows import by_source_id, jsonl, load_hh, load_ultrafeedback, pref, prefs
 from tests.stage_contract import assert_stage_contract
 
@@ -11,7 +12,8 @@ LONG_B = "Paris is the capital of France and its largest city, on the Seine rive
 
 
 def designed() -> pl.DataFrame:
-    pairwise_flip = {"pairwise": [{"first": "chosen", "winner": "chosen"}, {"first": "rejected", "winner": "rejected"}]}
+    # The judge's own record (alignmix.pipeline.pairwise), and the bare verdict list an outside source may carry.
+    pairwise_flip = {"pairwise": pairwise_record([verdict("chosen", "A", "A"), verdict("rejected", "A", "A")])}
     pairwise_same = {"pairwise": [{"first": "chosen", "winner": "chosen"}, {"first": "rejected", "winner": "chosen"}]}
     return prefs(
         pref("keep", "A clear, correct answer.", "A wrong answer.", sc=8.0, sr=3.0, meta=pairwise_same),

@@ -21,7 +21,9 @@ def _meta(pid: str, index: int, ratings: list[int | None]) -> str:
     judge = {"backend": "transformers", "model": "judge-model", "aspects": ASPECTS, "ratings": per,
              "rationales": {a: f"why {a}" for a in ASPECTS}, "raw": {a: f"Rating: {per[a]}" for a in ASPECTS},
              "rating": rating, "parsed": rating is not None}  # fmt: skip
-    return orjson.dumps({"prompt_id": pid, "response_index": index, "responder": f"r{index}", "judge": judge}).decode()
+    finish = "length" if index == 3 else "stop"  # the generator's finish reason, as responses record it
+    return orjson.dumps({"prompt_id": pid, "response_index": index, "responder": f"r{index}", "judge": judge,
+                         "finish_reason": finish}).decode()  # fmt: skip
 
 
 def _rated_rows(groups: dict[str, list[list[int | None]]]) -> pl.DataFrame:
@@ -100,6 +102,9 @@ def test_preference_rows_carry_scores_and_the_judges_record():
     assert meta["rejected"]["rationales"]["honesty"] == "why honesty"
     assert meta["chosen"]["raw"]["truthfulness"] == "Rating: 5"
     assert [s["rating"] for s in meta["all_scores"]] == [5.0, 2.0, 3.0, 1.0]
+    # both sides' finish reasons travel with the pair, where the consistency filter reads them
+    assert meta["finish_reason"] == {"chosen": "stop", "rejected": "length"}
+    assert (meta["chosen"]["finish_reason"], meta["rejected"]["finish_reason"]) == ("stop", "length")
     nulls = orjson.loads(pairs.filter(pl.col("prompt") == "null but pair")["meta"][0])
     assert [s["rating"] for s in nulls["all_scores"]] == [None, 2.0, 4.0]
 

@@ -138,7 +138,7 @@ def test_preferences_end_to_end(backend, tmp_path):
     store = MixStore(tmp_path / "prefs")
     pairs = store.read() if b["pairs"] else None
     assert b["pairs"] == b["rows_kept"] == (pairs.height if pairs is not None else 0)
-    assert b["pairwise_judged"] == b["pairs"] if b["pairs"] else True
+    assert b["pairs"] >= 1 and b["pairwise_judged"] == b["pairs"]
     if pairs is not None:
         assert pairs.schema == PREF
         for row, meta in zip(pairs.iter_rows(named=True), _meta(pairs)):
@@ -146,7 +146,10 @@ def test_preferences_end_to_end(backend, tmp_path):
             assert meta["judge"]["model"] == "default" and len(meta["all_scores"]) >= 2
             assert set(meta["chosen"]["ratings"]) == {"helpfulness", "honesty", "instruction_following", "truthfulness"}
             assert meta["chosen"]["raw"]["helpfulness"].startswith("Rating:")
-            assert set(meta["pairwise"]) >= {"ab", "ba", "consistent", "agrees"}
+            assert [v["first"] for v in meta["pairwise"]["verdicts"]] == ["chosen", "rejected"]
+            assert meta["pairwise"]["consistent"] in (True, False, None)
+            assert set(meta["finish_reason"]) == {"chosen", "rejected"}
+            assert meta["finish_reason"]["chosen"] == meta["chosen"]["finish_reason"] in ("stop", "length")
     rejected = pl.read_parquet(store.rejected_path("binarize"))
     assert set(rejected["drop_reason"]) <= {"score_tie", "judge_unparseable", "too_few_responses"}
     rated = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "prefs" / "batches" / "judge").glob("*.kept.parquet"))])
