@@ -1,7 +1,8 @@
 """Format adapters: each turns one raw record of an external format into valid rows, or raises RowError.
 
 The format is detected from the first record's fields (or forced by name). Every adapter returns rows built by
-`schema.sft_row` / `schema.preference_row`, so ids, validation and reason codes are the same for all formats:
+`schema.sft_row` / `schema.prompt_row` / `schema.preference_row`, so ids, validation and reason codes are the same
+for all formats:
 
     >>> adapter = detect_format({"instruction": "Add 2 and 3.", "input": "", "output": "5"})
     >>> adapter.name, adapter.kind
@@ -11,6 +12,18 @@ The format is detected from the first record's fields (or forced by name). Every
 
 Fields an adapter does not turn into the row are kept in `meta` (e.g. UltraFeedback's `source_index`, the
 Self-Instruct task `name`), so nothing the source recorded is lost.
+
+Conversation formats (openai, sharegpt, alpaca) also read prompt-only records: converted as `kind="prompt"`, a
+record with no answer (a conversation ending with its user turn, an Alpaca record without `output`) becomes a
+prompt row; which kind a source holds is decided per source (see `ingest.convert.detect_kind`). The `prompts`
+format reads plain prompt lists: `prompt`, `instruction` (+ `input`), `question` or MT-Bench `turns` records,
+and the eval files that carry another model's answer beside the prompt (AlpacaEval), that answer kept in meta:
+
+    >>> get_adapter("sharegpt").convert({"conversations": [{"from": "human", "value": "Hi"}]}, source="s",
+    ...                                 source_id="0", kind="prompt")[0]["messages"]
+    [{'role': 'user', 'content': 'Hi'}]
+    >>> detect_format({"uid": "a1", "category": "coding", "prompt": "Write a zig program."}).name
+    'prompts'
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, sft_row
+from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, prompt_row, sft_row
 
 Row = dict[str, Any]
 Convert = Callable[..., list[Row]]
@@ -38,17 +51,32 @@ OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assi
 @dataclass(frozen=True)
 class Adapter:
     name: str
-    kind: RowKind
+    kind: RowKind  # the kind of rows it gives by default
     fields: str  # the fields it reads, for error messages and `--format help`
     detect: Callable[[Mapping[str, Any]], bool]
     convert_fn: Convert
     consumed: frozenset[str]  # top-level fields that become the row; the rest go to meta
+    prompts_too: bool = False  # a conversation format whose unanswered records can be read as prompt rows
 
-    def convert(self, record: Any, *, source: str, source_id: str) -> list[Row]:
-        """Rows for one raw record (usually one; a Self-Instruct task gives one per instance). Raises RowError."""
+    @property
+    def kinds(self) -> tuple[RowKind, ...]:
+        """The row kinds it can give: its own, and `prompt` for conversation formats."""
+        return (self.kind, "prompt") if self.prompts_too else (self.kind,)
+
+    def convert(self, record: Any, *, source: str, source_id: str, kind: RowKind | None = None) -> list[Row]:
+        """Rows for one raw record (usually one; a Self-Instruct task gives one per instance). Raises RowError.
+
+        `kind` (one of `kinds`; default: `kind`) is the row kind the source holds: a record of the other kind is
+        refused (`not_ending_with_assistant` in an SFT source, `not_ending_with_user` in a prompt source).
+        """
         if not isinstance(record, Mapping):
             raise RowError("bad_type", None, f"a record must be a JSON object, got {type(record).__name__}")
+        kind = kind or self.kind
+        if kind not in self.kinds:
+            raise ValueError(f"format {self.name!r} gives {' or '.join(self.kinds)} rows, not {kind}")
         extra = {k: v for k, v in record.items() if k not in self.consumed and v is not None}
+        if self.prompts_too:
+            return self.convert_fn(record, source=source, source_id=source_id, meta=extra, kind=kind)
         return self.convert_fn(record, source=source, source_id=source_id, meta=extra)
 
 
@@ -66,6 +94,12 @@ def _get(record: Mapping[str, Any], key: str, types: type | tuple[type, ...] = s
         want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         raise RowError("bad_type", field or key, f"expected {want}, got {type(value).__name__}")
     return value
+
+
+def _conversation_row(messages: Any, kind: RowKind, *, source: str, source_id: str, meta: dict[str, Any]) -> Row:
+    """An SFT row, or (kind `prompt`) a prompt row, from one conversation."""
+    build = prompt_row if kind == "prompt" else sft_row
+    return build(messages, source=source, source_id=source_id, meta=meta)
 
 
 def _pair_prompt(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> str:
@@ -187,10 +221,12 @@ def _looks_like_transcript(value: Any) -> bool:
 # --- Alpaca ---------------------------------------------------------------------------------------------------
 
 
-def _alpaca(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+def _alpaca(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any],
+            kind: RowKind = "sft") -> list[Row]:
     instruction = _get(record, "instruction")
     given = _get(record, "input", optional=True)
-    output = _get(record, "output")
+    # A prompt source's records have no output (or an empty one); an SFT source's must have one.
+    output = _get(record, "output", optional=kind == "prompt")
     system = _get(record, "system", optional=True)
     history = _get(record, "history", list, optional=True) or []
     messages = [{"role": "system", "content": system}] if system else []
@@ -199,8 +235,10 @@ def _alpaca(record: Mapping[str, Any], *, source: str, source_id: str, meta: dic
             raise RowError("bad_type", f"history[{i}]", "expected [query, response]")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     user = f"{instruction}\n\n{given}" if given and given.strip() else instruction
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return [sft_row(messages, source=source, source_id=source_id, meta=meta)]
+    messages.append({"role": "user", "content": user})
+    if kind == "sft" or (output or "").strip():
+        messages.append({"role": "assistant", "content": output})
+    return [_conversation_row(messages, kind, source=source, source_id=source_id, meta=meta)]
 
 
 # --- ShareGPT and LLaMA-Factory preference --------------------------------------------------------------------
@@ -222,8 +260,10 @@ def _sharegpt_turns(record: Mapping[str, Any], key: str) -> list[dict[str, Any]]
     return ([{"role": "system", "content": system}] if system else []) + turns
 
 
-def _sharegpt(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
-    return [sft_row(_sharegpt_turns(record, "conversations"), source=source, source_id=source_id, meta=meta)]
+def _sharegpt(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any],
+              kind: RowKind = "sft") -> list[Row]:
+    return [_conversation_row(_sharegpt_turns(record, "conversations"), kind, source=source, source_id=source_id,
+                              meta=meta)]
 
 
 def _llama_factory(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
@@ -250,15 +290,73 @@ def _openai_content(content: Any, field: str) -> Any:
     return "".join(texts)
 
 
-def _openai(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+def _openai_messages(value: list[Any], key: str) -> list[dict[str, Any]]:
     messages = []
-    for i, m in enumerate(_get(record, "messages", list)):
-        field = f"messages[{i}]"
+    for i, m in enumerate(value):
+        field = f"{key}[{i}]"
         if not isinstance(m, Mapping):
             raise RowError("bad_type", field, f"expected {{role, content}}, got {type(m).__name__}")
         role = OPENAI_ROLES.get(m.get("role"), m.get("role"))  # unknown roles fail validation as bad_role
         messages.append({"role": role, "content": _openai_content(m.get("content"), f"{field}.content")})
-    return [sft_row(messages, source=source, source_id=source_id, meta=meta)]
+    return messages
+
+
+def _openai(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any],
+            kind: RowKind = "sft") -> list[Row]:
+    messages = _openai_messages(_get(record, "messages", list), "messages")
+    return [_conversation_row(messages, kind, source=source, source_id=source_id, meta=meta)]
+
+
+# --- plain prompt lists and eval sets -------------------------------------------------------------------------
+
+# Where a prompt-only record keeps its prompt, in the order they are looked for.
+PROMPT_FIELDS = ("prompt", "instruction", "question", "turns")
+# A record with one of these carries an answer to learn from: it is SFT or preference data, not a prompt list
+# (GSM8K's question + answer stays unrecognised unless `format: prompts` is forced).
+ANSWER_FIELDS = ("completion", "response", "output", "answer", "chosen", "rejected", "messages", "conversations",
+                 "instances")
+
+
+def _is_prompt_list(record: Mapping[str, Any]) -> bool:
+    if _has(record, "instruction", "output", "generator"):
+        return True  # AlpacaEval: `output` is the named generator's answer to compare against, not a target
+    if any(k in record for k in ANSWER_FIELDS):
+        return False
+    return any(isinstance(record.get(k), (str, list)) for k in PROMPT_FIELDS)
+
+
+def _prompts(record: Mapping[str, Any], *, source: str, source_id: str, meta: dict[str, Any]) -> list[Row]:
+    """One prompt row from the first prompt field present (the fields it used leave meta; the rest stay).
+
+    MT-Bench's `turns` holds a question and its follow-ups, each written against the model's answer to the one
+    before ("Rewrite your previous response..."): the first turn is the prompt, the follow-ups stay in meta as
+    `follow_up_turns` (a conversation of user turns with no answers between them is not a valid prompt).
+    """
+    system = _get(record, "system", optional=True)
+    head = [{"role": "system", "content": system}] if system else []
+    key = next((k for k in PROMPT_FIELDS if k in record), "prompt")
+    meta.pop(key, None)
+    if key == "prompt" and isinstance(record.get("prompt"), list):  # TRL's conversational prompt-only form
+        return [prompt_row(head + _openai_messages(record["prompt"], "prompt"), source=source, source_id=source_id,
+                           meta=meta)]
+    if key == "instruction":
+        given = _get(record, "input", optional=True)
+        meta.pop("input", None)
+        instruction = _get(record, "instruction")
+        user = f"{instruction}\n\n{given}" if given and given.strip() else instruction
+    elif key == "turns":
+        turns = _get(record, "turns", list)
+        if not turns:
+            raise RowError("empty_turn", "turns", "the list of turns is empty")
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, str):
+                raise RowError("bad_type", f"turns[{i}]", f"expected a string, got {type(turn).__name__}")
+        user = turns[0]
+        if len(turns) > 1:
+            meta["follow_up_turns"] = turns[1:]
+    else:
+        user = _get(record, key)
+    return [prompt_row(head + [{"role": "user", "content": user}], source=source, source_id=source_id, meta=meta)]
 
 
 # --- Self-Instruct seed tasks ---------------------------------------------------------------------------------
@@ -309,16 +407,21 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("pairs", "preference", "prompt, chosen, rejected strings; scores at top level or under metadata",
                 lambda r: _has(r, "prompt", "chosen", "rejected") and isinstance(r["chosen"], str), _pairs,
                 frozenset({"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "system", "metadata"})),
-        Adapter("openai", "sft", "messages [{role, content}]",
-                lambda r: "messages" in r and not _has(r, "chosen", "rejected"), _openai, frozenset({"messages"})),
-        Adapter("sharegpt", "sft", "conversations [{from, value}] (+ optional system)",
+        Adapter("openai", "sft", "messages [{role, content}]; ending with a user turn: prompts",
+                lambda r: "messages" in r and not _has(r, "chosen", "rejected"), _openai, frozenset({"messages"}),
+                prompts_too=True),
+        Adapter("sharegpt", "sft", "conversations [{from, value}] (+ optional system); first turns only: prompts",
                 lambda r: "conversations" in r and not _has(r, "chosen", "rejected"), _sharegpt,
-                frozenset({"conversations", "system"})),
+                frozenset({"conversations", "system"}), prompts_too=True),
         Adapter("self_instruct", "sft", "instruction, instances [{input, output}] (Self-Instruct seed tasks)",
                 lambda r: _has(r, "instruction", "instances"), _self_instruct, frozenset({"instruction", "instances"})),
-        Adapter("alpaca", "sft", "instruction, input, output (+ optional system, history)",
+        Adapter("prompts", "prompt",
+                "prompt (a string or messages), instruction (+ input), question, or turns (MT-Bench: the first is the "
+                "prompt); AlpacaEval's instruction/output/generator (the output kept in meta)",
+                _is_prompt_list, _prompts, frozenset({"system"})),
+        Adapter("alpaca", "sft", "instruction, input, output (+ optional system, history); no output: prompts",
                 lambda r: _has(r, "instruction", "output"), _alpaca,
-                frozenset({"instruction", "input", "output", "system", "history"})),
+                frozenset({"instruction", "input", "output", "system", "history"}), prompts_too=True),
     ]
 }
 
@@ -329,7 +432,7 @@ class UnknownFormat(ValueError):
 
 def formats_help() -> str:
     """One line per format: its name, row kind and the fields it reads."""
-    return "\n".join(f"  {a.name:<14} {a.kind:<11} {a.fields}" for a in ADAPTERS.values())
+    return "\n".join(f"  {a.name:<14} {'/'.join(a.kinds):<11} {a.fields}" for a in ADAPTERS.values())
 
 
 def get_adapter(name: str) -> Adapter:

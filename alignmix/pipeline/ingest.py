@@ -2,7 +2,7 @@
 
 One source becomes one store folder (see store.py):
 
-    <out>/data/train-00000-of-00001.parquet      the valid rows, SFT or preference schema
+    <out>/data/train-00000-of-00001.parquet      the valid rows, SFT, prompt or preference schema
     <out>/rejected/ingest-<source>.parquet       every record that did not become a row: raw text, file, line,
                                                  drop_stage='ingest', drop_reason, drop_detail
     <out>/stats/ingest-<source>.json             rows in / kept / dropped per reason, format, shards, fingerprint
@@ -15,384 +15,53 @@ naming the first row's source_id, so no id appears twice.
     >>> stats = ingest_source(SourceSpec(name="uf", path="eval_clean.jsonl"), "out/uf")     # doctest: +SKIP
     >>> stats["rows_in"], stats["rows_kept"], stats["dropped"]
     (200, 200, {})
+
+A source holds one row kind (`stats["kind"]`): its format's, or for conversation formats `prompt` when its first
+records have no answer (see `convert.detect_kind`; a spec's `kind` decides instead).
+
+The parts live in their own modules: `convert` (format and kind detection, batch conversion in worker
+processes, dropping repeated ids with `seen_ids`), `rejected` (the rejected records' schema and writer),
+`ingest_summary` (what the CLI prints). Their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import functools
-import multiprocessing
 import re
 import time
-from array import array
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from alignmix import __version__
-from alignmix.pipeline.adapters import ADAPTERS, Adapter, UnknownFormat, formats_help, get_adapter
-from alignmix.pipeline.readers import (
-    ACCEPTED_INPUTS,
-    BATCH_SIZE,
-    Location,
-    Progress,
-    RawRecord,
-    ReadError,
-    locate,
-    parse_source_string,
-    read_batches,
+from alignmix.pipeline.convert import (
+    DETECT_SAMPLE,
+    Converted,
+    IngestError,
+    SourceRun,
+    adapter_named,
+    convert_batches,
+    detect_adapter,
+    detect_kind,
+    locate_source,
 )
+from alignmix.pipeline.ingest_summary import IngestSummary
+from alignmix.pipeline.readers import ACCEPTED_INPUTS, BATCH_SIZE, Location, Progress, parse_source_string
 from alignmix.pipeline.recipe import SourceSpec
-from alignmix.pipeline.schema import POLARS_SCHEMAS, SCHEMAS, RowError, empty_frame
+from alignmix.pipeline.rejected import REJECTED_SCHEMA, RejectedWriter, rows_to_table
+from alignmix.pipeline.schema import POLARS_SCHEMAS, empty_frame
+from alignmix.pipeline.seen_ids import SeenIds
 from alignmix.pipeline.stage import histogram
-from alignmix.pipeline.store import PARQUET_OPTIONS, ROWS_PER_SHARD, MixStore, ShardWriter, atomic_path, fingerprint
+from alignmix.pipeline.store import ROWS_PER_SHARD, MixStore, ShardWriter, fingerprint
 
 # Bump when a conversion changes what rows come out, so finished ingests are redone instead of reused.
-INGEST_VERSION = "ingest-v1"
-DETECT_SAMPLE = 100  # records looked at to detect the format: a few broken ones among them do not mislead it
+# v2: prompt-only records of conversation formats become prompt rows; the `prompts` format.
+INGEST_VERSION = "ingest-v2"
 SPLIT = "train"
 
-REJECTED_SCHEMA = pa.schema(
-    [
-        ("raw", pa.string()),
-        ("file", pa.string()),
-        ("line", pa.int64()),
-        ("record", pa.int64()),
-        ("source", pa.string()),
-        ("source_id", pa.string()),
-        ("id", pa.string()),
-        ("drop_stage", pa.string()),
-        ("drop_reason", pa.string()),
-        ("drop_detail", pa.string()),
-    ]
-)
-
-
-class IngestError(Exception):
-    """A source that cannot be ingested at all: unreadable, or in no recognised format. Names the file."""
-
-
-# --- duplicate detection within a source ---------------------------------------------------------------------
-
-
-class SeenIds:
-    """The content ids seen so far in one source, each with the source_id of the first row that had it.
-
-    Kept as sorted numpy arrays of 64-bit id prefixes (plus a small dict of recent ones), so a source costs
-    16 bytes per row instead of the ~150 of a Python dict of hex strings: ingest memory stays flat enough to
-    stream files of millions of rows. Two different rows share a 64-bit prefix with odds of about n^2 / 2^65
-    (1e-8 at 500k rows).
-
-    >>> seen = SeenIds()
-    >>> seen.first_seen(["00ff" * 8, "00ff" * 8], ["0", "1"])
-    [None, '0']
-    """
-
-    MERGE_EVERY = 65_536
-
-    def __init__(self) -> None:
-        self._keys = np.empty(0, dtype=np.uint64)
-        self._vals = np.empty(0, dtype=np.int64)  # source_id as an integer, or -1: look in _named
-        self._named: dict[int, str] = {}  # first source_ids that are not plain integers (rare)
-        self._pending: dict[int, str] = {}
-
-    def first_seen(self, ids: list[str], source_ids: list[str]) -> list[str | None]:
-        """For each row (in order): None if its id is new (and remember it), else the first row's source_id."""
-        keys = np.array([int(i[:16], 16) for i in ids], dtype=np.uint64)
-        pos = np.searchsorted(self._keys, keys)
-        found = pos < self._keys.size
-        found[found] = self._keys[pos[found]] == keys[found]
-        out: list[str | None] = []
-        for key, hit, p, sid in zip(keys.tolist(), found.tolist(), pos.tolist(), source_ids):
-            if hit:
-                v = int(self._vals[p])
-                out.append(str(v) if v >= 0 else self._named[key])
-            elif key in self._pending:
-                out.append(self._pending[key])
-            else:
-                self._pending[key] = sid
-                out.append(None)
-        if len(self._pending) >= self.MERGE_EVERY:
-            self._merge()
-        return out
-
-    def _merge(self) -> None:
-        keys = np.fromiter(self._pending.keys(), dtype=np.uint64, count=len(self._pending))
-        vals = np.empty(keys.size, dtype=np.int64)
-        for i, (key, sid) in enumerate(self._pending.items()):
-            if sid.isdigit() and len(sid) < 18:
-                vals[i] = int(sid)
-            else:
-                vals[i] = -1
-                self._named[key] = sid
-        keys, vals = np.concatenate([self._keys, keys]), np.concatenate([self._vals, vals])
-        order = np.argsort(keys, kind="stable")
-        self._keys, self._vals = keys[order], vals[order]
-        self._pending = {}
-
-
-# --- conversion ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Converted:
-    """One batch after conversion: the kept rows (an Arrow table in the row schema) and the rejected records
-    (REJECTED_SCHEMA dicts, in file order)."""
-
-    table: pa.Table
-    rejected: list[dict[str, Any]]
-
-
-@dataclass
-class SourceRun:
-    """Counts and per-row measurements of one source, filled in while its batches stream through."""
-
-    name: str
-    adapter: Adapter | None = None
-    rows_in: int = 0
-    rows_kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    turns: array = field(default_factory=lambda: array("I"))
-    response_chars: array = field(default_factory=lambda: array("I"))
-    rejected_chars: array = field(default_factory=lambda: array("I"))
-
-
-def _reject(rec: RawRecord, source: str, err: RowError, *, source_id: str | None = None,
-            row_id: str | None = None) -> dict[str, Any]:
-    return {
-        "raw": rec.raw_text(),
-        "file": rec.file,
-        "line": rec.line,
-        "record": rec.record,
-        "source": source,
-        "source_id": source_id,
-        "id": row_id,
-        "drop_stage": "ingest",
-        "drop_reason": err.reason,
-        "drop_detail": err.detail(),
-    }
-
-
-def detect_adapter(records: list[RawRecord], loc: Location) -> Adapter:
-    """The format most of the first parsable records match (ties go to the earlier format in ADAPTERS)."""
-    votes: Counter[str] = Counter()
-    sample = [r.value for r in records if r.error is None][:DETECT_SAMPLE]
-    for value in sample:
-        for adapter in ADAPTERS.values():
-            if isinstance(value, dict) and adapter.detect(value):
-                votes[adapter.name] += 1
-                break
-    if not votes:
-        if not sample:
-            raise IngestError(f"{loc.name}: no record could be parsed to detect the format; "
-                              f"give the format explicitly (--format) if the file is right. Formats:\n{formats_help()}")
-        first = sample[0]
-        shown = sorted(first) if isinstance(first, dict) else f"a {type(first).__name__}, not an object"
-        raise IngestError(f"{loc.name}: the records (fields {shown}) match no format. The formats accepted are:\n"
-                          f"{formats_help()}")
-    order = list(ADAPTERS)
-    best = max(votes.items(), key=lambda kv: (kv[1], -order.index(kv[0])))
-    return ADAPTERS[best[0]]
-
-
-def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None = None,
-                    batch_size: int = BATCH_SIZE, workers: int = 1) -> Iterator[Converted]:
-    """Read `spec` and convert it batch by batch, filling `run` (format, counts, measurements).
-
-    With workers > 1, batches are parsed and converted in that many processes while this one reads, drops
-    duplicates and hands on the results in order: the output is the same as with one worker.
-    Raises IngestError when the source cannot be read or its format not recognised.
-    """
-    loc = _locate(spec)
-    batches = read_batches(loc, batch_size=batch_size, limit=spec.limit, progress=progress, parse=workers <= 1)
-    try:
-        head: list[list[RawRecord]] = []
-        if spec.format is not None:
-            run.adapter = _adapter(spec.format)
-        else:
-            seen_good = 0
-            for batch in batches:  # buffer batches until enough parsable records to judge the format
-                head.append(batch)
-                seen_good += sum(r.ensure_parsed().error is None for r in batch)
-                if seen_good >= DETECT_SAMPLE:
-                    break
-            if not head:
-                raise IngestError(f"{loc.name}: holds no records; give --format to ingest an empty source")
-            run.adapter = detect_adapter([r for b in head for r in b], loc)
-        seen = SeenIds()
-        jobs = _numbered(_chain(head, batches))
-        convert = functools.partial(_convert_batch, run.adapter.name, run.name)
-        for batch, part in _map_in_order(convert, jobs, workers):
-            yield _keep_first_copies(batch, part, run, seen)
-    except ReadError as err:
-        raise IngestError(str(err)) from None
-
-
-def _chain(head: list[list[RawRecord]], rest: Iterator[list[RawRecord]]) -> Iterator[list[RawRecord]]:
-    yield from head
-    yield from rest
-
-
-def _numbered(batches: Iterator[list[RawRecord]]) -> Iterator[tuple[list[RawRecord], int]]:
-    """Each batch with the source position of its first record (source_ids are positions)."""
-    index = 0
-    for batch in batches:
-        yield batch, index
-        index += len(batch)
-
-
-def _map_in_order(fn: Callable[[list[RawRecord], int], _Part], jobs: Iterator[tuple[list[RawRecord], int]],
-                  workers: int) -> Iterator[tuple[list[RawRecord], _Part]]:
-    """(batch, fn(batch, index)) in input order; in `workers` processes when more than one, with at most
-    2 * workers batches in flight so memory stays bounded."""
-    if workers <= 1:
-        for batch, index in jobs:
-            yield batch, fn(batch, index)
-        return
-    # spawn, not fork: polars and pyarrow hold threads that a forked child would inherit half-alive
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque[tuple[list[RawRecord], Future[_Part]]] = deque()
-        for batch, index in jobs:
-            pending.append((batch, pool.submit(fn, batch, index)))
-            if len(pending) >= 2 * workers:
-                done_batch, future = pending.popleft()
-                yield done_batch, future.result()
-        while pending:
-            done_batch, future = pending.popleft()
-            yield done_batch, future.result()
-
-
-@dataclass
-class _Part:
-    """A converted batch before duplicates are dropped: what a worker process sends back (Arrow pickles
-    fast; the rows as Python dicts would cost more to send than to convert)."""
-
-    table: pa.Table
-    ids: list[str]
-    source_ids: list[str]
-    owners: list[int]  # for each row, the offset of its record in the batch
-    rejected: list[tuple[int, dict[str, Any]]]  # (offset, REJECTED_SCHEMA dict)
-    turns: list[int]
-    response_chars: list[int]
-    rejected_chars: list[int]
-
-
-def _convert_batch(adapter_name: str, source: str, batch: list[RawRecord], index: int) -> _Part:
-    """Parse (when still needed) and convert one batch. Module-level, so a worker process can run it."""
-    adapter = ADAPTERS[adapter_name]
-    rows: list[dict[str, Any]] = []
-    owners: list[int] = []
-    rejected: list[tuple[int, dict[str, Any]]] = []
-    for offset, rec in enumerate(batch):
-        rec.ensure_parsed()
-        source_id = str(index + offset)  # the record's 0-based position in the source
-        if rec.error is not None:
-            rejected.append((offset, _reject(rec, source, rec.error, source_id=source_id)))
-            continue
-        try:
-            new = adapter.convert(rec.value, source=source, source_id=source_id)
-        except RowError as err:
-            rejected.append((offset, _reject(rec, source, err, source_id=source_id)))
-            continue
-        rows.extend(new)
-        owners.extend([offset] * len(new))
-    conv = "chosen" if adapter.kind == "preference" else "messages"
-    return _Part(
-        table=rows_to_table(rows, SCHEMAS[adapter.kind]),
-        ids=[r["id"] for r in rows],
-        source_ids=[r["source_id"] for r in rows],
-        owners=owners,
-        rejected=rejected,
-        turns=[len(r[conv]) for r in rows],
-        response_chars=[len(r[conv][-1]["content"]) for r in rows],
-        rejected_chars=[len(r["rejected"][-1]["content"]) for r in rows] if conv == "chosen" else [],
-    )
-
-
-def _keep_first_copies(batch: list[RawRecord], part: _Part, run: SourceRun, seen: SeenIds) -> Converted:
-    """Drop rows whose content came earlier in the source (`duplicate_content`); count what is left."""
-    firsts = seen.first_seen(part.ids, part.source_ids)
-    rejected = list(part.rejected)
-    keep = [first is None for first in firsts]
-    for i, first in enumerate(firsts):
-        if first is not None:
-            err = RowError("duplicate_content", None, first)  # detail: exactly the first row's source_id
-            rejected.append((part.owners[i], _reject(batch[part.owners[i]], run.name, err,
-                                                     source_id=part.source_ids[i], row_id=part.ids[i])))
-    rejected.sort(key=lambda pair: pair[0])  # file order; stable, so a record's several rows keep theirs
-    table = part.table if all(keep) else part.table.filter(pa.array(keep, type=pa.bool_()))
-    run.rows_in += table.num_rows + len(rejected)
-    run.rows_kept += table.num_rows
-    run.dropped.update(r["drop_reason"] for _, r in rejected)
-    run.turns.extend(v for v, k in zip(part.turns, keep) if k)
-    run.response_chars.extend(v for v, k in zip(part.response_chars, keep) if k)
-    run.rejected_chars.extend(v for v, k in zip(part.rejected_chars, keep) if k)
-    return Converted(table, [r for _, r in rejected])
-
-
-def _adapter(name: str) -> Adapter:
-    try:
-        return get_adapter(name)
-    except UnknownFormat as err:
-        raise IngestError(str(err)) from None
-
-
-def _locate(spec: SourceSpec) -> Location:
-    try:
-        return locate(spec.path, hf=spec.hf, hf_config=spec.hf_config, split=spec.split)
-    except ReadError as err:
-        raise IngestError(str(err)) from None
-
-
 # --- writing one source ----------------------------------------------------------------------------------------
-
-
-def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Row dicts to an Arrow table: one struct array, then its fields (10x faster than Table.from_pylist)."""
-    return pa.Table.from_struct_array(pa.array(rows, type=pa.struct(list(schema)))).cast(schema)
-
-
-class _RejectedWriter:
-    """Rejected records streamed into one parquet file, renamed into place when complete."""
-
-    FLUSH_ROWS = 10_000
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._atomic = atomic_path(path)
-        self._tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, REJECTED_SCHEMA, **PARQUET_OPTIONS)
-        self._buffer: list[dict[str, Any]] = []
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        self._buffer.extend(rows)
-        while len(self._buffer) >= self.FLUSH_ROWS:  # whole row groups: the bytes do not depend on batching
-            self._writer.write_table(rows_to_table(self._buffer[: self.FLUSH_ROWS], REJECTED_SCHEMA))
-            self._buffer = self._buffer[self.FLUSH_ROWS :]
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(rows_to_table(self._buffer, REJECTED_SCHEMA))
-            self._buffer = []
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._atomic.__exit__(None, None, None)
-
-    def abort(self, exc: BaseException) -> None:
-        self._writer.close()
-        try:
-            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-        except BaseException:
-            pass  # the context manager re-raises after removing the temporary file
 
 
 def ingest_source(
@@ -415,7 +84,7 @@ def ingest_source(
     """
     store = MixStore(out_dir)
     stage = f"ingest-{spec.name}"
-    loc = _locate(spec)
+    loc = locate_source(spec)
     try:
         identity = loc.identity()
     except OSError as err:
@@ -431,20 +100,20 @@ def ingest_source(
     run = SourceRun(spec.name)
     progress = Progress()
     writer: ShardWriter | None = None
-    rejected = _RejectedWriter(store.rejected_path(stage))
+    rejected = RejectedWriter(store.rejected_path(stage))
     try:
         for converted in convert_batches(spec, run, progress, batch_size=batch_size, workers=workers):
             if writer is None:
-                assert run.adapter is not None
-                writer = ShardWriter(store.data_dir, SPLIT, run.adapter.kind, rows_per_shard)
+                assert run.kind is not None
+                writer = ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard)
             if converted.table.num_rows:
                 writer.write(converted.table)
             rejected.add(converted.rejected)
             if on_progress is not None:
                 on_progress(progress, run.rows_in)
         if writer is None:  # an empty source with an explicit format: one empty shard, like `datasets` does
-            assert run.adapter is not None
-            writer = ShardWriter(store.data_dir, SPLIT, run.adapter.kind, rows_per_shard)
+            assert run.kind is not None
+            writer = ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard)
         shards = writer.close()
         rejected.close()
     except BaseException as exc:
@@ -469,7 +138,7 @@ def _stats(spec: SourceSpec, loc: Location, run: SourceRun, store: MixStore, sta
         "source": spec.name,
         "location": loc.name,
         "format": run.adapter.name,
-        "kind": run.adapter.kind,
+        "kind": run.kind,
         "rows_in": run.rows_in,
         "rows_kept": run.rows_kept,
         "dropped": dict(sorted(run.dropped.items())),
@@ -491,11 +160,11 @@ def read_source(spec: SourceSpec, store: MixStore, workers: int = 1) -> pl.DataF
     For sources that fit in memory (the rows are returned whole); `ingest_source` streams any size to shards.
     """
     stage = f"ingest-{spec.name}"
-    loc = _locate(spec)
+    loc = locate_source(spec)
     start = time.perf_counter()
     run = SourceRun(spec.name)
     tables: list[pa.Table] = []
-    rejected = _RejectedWriter(store.rejected_path(stage))
+    rejected = RejectedWriter(store.rejected_path(stage))
     try:
         for converted in convert_batches(spec, run, workers=workers):
             tables.append(converted.table)
@@ -517,6 +186,11 @@ def _discard_parts(data_dir: Path) -> None:
 def _distributions(run: SourceRun) -> dict[str, Any]:
     if not run.turns:
         return {}
+    if run.kind == "prompt":
+        return {
+            "turns": histogram(pl.Series(run.turns, dtype=pl.UInt32), bins=10),
+            "prompt_chars": histogram(pl.Series(run.response_chars, dtype=pl.UInt32)),
+        }
     out = {
         "turns": histogram(pl.Series(run.turns, dtype=pl.UInt32), bins=10),
         "response_chars": histogram(pl.Series(run.response_chars, dtype=pl.UInt32)),
@@ -543,8 +217,8 @@ def read_rows(spec: SourceSpec) -> pl.DataFrame:
 
 def _frame(tables: list[pa.Table], run: SourceRun) -> pl.DataFrame:
     """Converted tables as one polars frame with the exact row schema (also when there are no rows)."""
-    assert run.adapter is not None
-    kind = run.adapter.kind
+    assert run.kind is not None
+    kind = run.kind
     if not tables:
         return empty_frame(kind)
     frame = pl.from_arrow(pa.concat_tables(tables))
@@ -562,39 +236,6 @@ def read_rejected(spec: SourceSpec) -> pl.DataFrame:
 
 
 # --- several sources, for the CLI --------------------------------------------------------------------------------
-
-
-@dataclass
-class IngestSummary:
-    """What `ingest_sources` did: one stats dict per source, and where each went."""
-
-    out: Path
-    sources: list[dict[str, Any]]
-    folders: list[Path]
-
-    @property
-    def rows_in(self) -> int:
-        return sum(s["rows_in"] for s in self.sources)
-
-    @property
-    def rows_kept(self) -> int:
-        return sum(s["rows_kept"] for s in self.sources)
-
-    def render(self) -> Any:
-        """A rich table: one line per source with its format, counts and drop reasons."""
-        from rich.table import Table
-
-        table = Table(title=f"ingested into {self.out}" + (" (one folder per source)" if len(self.folders) > 1 else ""),
-                      title_justify="left")
-        for col in ("source", "format", "rows in", "kept", "rejected", "reasons"):
-            numeric = col in ("rows in", "kept", "rejected")
-            table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "reasons")
-        for s in self.sources:
-            dropped = s["dropped"]
-            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])) or "-"
-            table.add_row(s["source"] + (" (resumed)" if s.get("resumed") else ""), f"{s['format']} ({s['kind']})",
-                          f"{s['rows_in']:,}", f"{s['rows_kept']:,}", f"{sum(dropped.values()):,}", reasons)
-        return table
 
 
 def source_name(text: str) -> str:
@@ -631,7 +272,7 @@ def ingest_sources(
     """
     out = Path(out)
     if format is not None:
-        _adapter(format)  # an unknown --format fails before anything is read
+        adapter_named(format)  # an unknown --format fails before anything is read
     if name is not None and len(sources) > 1:
         raise IngestError("--name names a single source; give one source, or drop --name to use the file stems")
     specs = [s if isinstance(s, SourceSpec) else spec_from_string(s, format=format, name=name) for s in sources]
@@ -672,6 +313,11 @@ def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int, w
 
 __all__ = [
     "ACCEPTED_INPUTS",
+    "DETECT_SAMPLE",
+    "Converted",
+    "SourceRun",
+    "detect_adapter",
+    "detect_kind",
     "INGEST_VERSION",
     "IngestError",
     "IngestSummary",

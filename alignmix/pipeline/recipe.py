@@ -23,15 +23,16 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from alignmix.pipeline.config import StrictModel
 
 
 class RecipeError(ValueError):
     """A recipe that does not validate; the message lists every bad field with its value and a fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel
 
 
 class SourceSpec(_Strict):
@@ -43,6 +44,10 @@ class SourceSpec(_Strict):
     hf_config: str | None = Field(None, description="the dataset config name, if it has several")
     split: str | None = Field(None, description="the split to read, e.g. train_prefs")
     format: str | None = Field(None, description="force a format adapter instead of detecting it from the columns")
+    kind: Literal["sft", "prompt"] | None = Field(
+        None, description="for conversation formats: sft rows (ending with an answer) or prompt rows (ending with the "
+        "user turn to answer); judged from the first records when unset"
+    )
     limit: int | None = Field(None, gt=0, description="read at most this many rows (for quick runs)")
 
     @model_validator(mode="after")

@@ -1,14 +1,18 @@
-"""Row schemas: SFT and preference rows, as Arrow schemas, with validation and stable content ids.
+"""Row schemas: SFT, prompt and preference rows, as Arrow schemas, with validation and stable content ids.
 
 The conventions are the ones `datasets`, TRL and the Hub already use:
 
     SFT row:        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    prompt row:     {"messages": [{"role": "user", "content": "Hi"}]}          (no answer yet: ends with a user turn)
     preference row: {"prompt": "Hi",
                      "chosen":   [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
                      "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "go away"}],
                      "score_chosen": 8.0, "score_rejected": 2.0}
 
 Every row also carries `id` (a hash of its normalized content), `source`, `source_id` and `meta` (JSON text).
+
+Prompt rows have the very schema of SFT rows (so `datasets` and TRL read them as a prompt-only `messages`
+dataset); what tells them apart is the final role of each conversation, see `row_kind`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-RowKind = Literal["sft", "preference"]
+RowKind = Literal["sft", "prompt", "preference"]
 ROLES = ("system", "user", "assistant")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -40,7 +44,8 @@ PREFERENCE_SCHEMA = pa.schema(
         *_LINEAGE,
     ]
 )
-SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "preference": PREFERENCE_SCHEMA}
+PROMPT_SCHEMA = SFT_SCHEMA  # the same columns: a prompt row is a conversation that awaits its answer
+SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "prompt": PROMPT_SCHEMA, "preference": PREFERENCE_SCHEMA}
 
 # The columns a stage adds to every rejected row.
 DROP_COLUMNS = ("drop_stage", "drop_reason", "drop_detail")
@@ -48,6 +53,7 @@ DROP_COLUMNS = ("drop_stage", "drop_reason", "drop_detail")
 _PL_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 POLARS_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "sft": {"messages": _PL_MESSAGES, "id": pl.String, "source": pl.String, "source_id": pl.String, "meta": pl.String},
+    "prompt": {"messages": _PL_MESSAGES, "id": pl.String, "source": pl.String, "source_id": pl.String, "meta": pl.String},
     "preference": {
         "prompt": pl.String,
         "chosen": _PL_MESSAGES,
@@ -80,13 +86,31 @@ class RowError(ValueError):
 
 
 def row_kind(columns: list[str] | pl.DataFrame) -> RowKind:
-    """Which row kind a frame (or its column list) holds: `preference` if it has chosen/rejected, else `sft`."""
+    """Which row kind a frame holds: `preference` if it has chosen/rejected; for `messages` frames, `prompt` when
+    every conversation ends with a user turn (and there is at least one), else `sft`.
+
+    SFT and prompt rows share their columns, so the rule reads the final roles: an empty frame, or one given as a
+    column list, is `sft`; a frame mixing answered and unanswered conversations is `sft` too (and fails as SFT
+    wherever a stage or the mix checks its rows: see `prompt_rows_in`).
+
+    >>> row_kind(to_frame([prompt_row([{"role": "user", "content": "Hi"}], source="s", source_id="0")], "prompt"))
+    'prompt'
+    """
     cols = set(columns.columns if isinstance(columns, pl.DataFrame) else columns)
     if {"chosen", "rejected"} <= cols:
         return "preference"
     if "messages" in cols:
+        if isinstance(columns, pl.DataFrame) and columns.height and prompt_rows_in(columns) == columns.height:
+            return "prompt"
         return "sft"
-    raise ValueError(f"columns {sorted(cols)} are neither SFT rows (messages) nor preference rows (chosen/rejected)")
+    raise ValueError(f"columns {sorted(cols)} are neither SFT or prompt rows (messages) nor preference rows "
+                     "(chosen/rejected)")
+
+
+def prompt_rows_in(frame: pl.DataFrame) -> int:
+    """How many conversations of a `messages` frame end with a user turn (prompt rows)."""
+    last_role = pl.col("messages").list.last().struct.field("role")
+    return int(frame.select((last_role == "user").fill_null(False).sum()).item())
 
 
 def normalize_text(text: str) -> str:
@@ -107,14 +131,18 @@ def _message_key(messages: list[dict[str, Any]]) -> list[list[str]]:
     return [[m["role"], _nfc(m["content"]).strip()] for m in messages]
 
 
-def content_id(row: dict[str, Any]) -> str:
+def content_id(row: dict[str, Any], kind: RowKind | None = None) -> str:
     """A stable id: blake2b-128 of the row's content (messages, or prompt/chosen/rejected), NFC and stripped.
 
     Lineage (`source`, `source_id`, `meta`) and scores are not part of it, so the same conversation has the same
-    id in every run and in every source that carries it.
+    id in every run and in every source that carries it. Prompt rows (`kind="prompt"`) also hash their kind, so a
+    prompt row never shares its id with a hash of the same turns made elsewhere (a response's `prompt_id`, a
+    rejected generation); SFT and preference ids are unchanged by it.
     """
-    if "chosen" in row:
-        key: Any = {
+    if kind == "prompt":
+        key: Any = {"kind": "prompt", "messages": _message_key(row["messages"])}
+    elif "chosen" in row:
+        key = {
             "prompt": _nfc(row["prompt"] or "").strip(),
             "chosen": _message_key(row["chosen"]),
             "rejected": _message_key(row["rejected"]),
@@ -124,10 +152,12 @@ def content_id(row: dict[str, Any]) -> str:
     return hashlib.blake2b(orjson.dumps(key, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
-def validate_messages(messages: Any, field: str = "messages") -> list[dict[str, str]]:
+def validate_messages(messages: Any, field: str = "messages", ending: str = "assistant") -> list[dict[str, str]]:
     """Check a conversation; return it as plain dicts or raise RowError with a stable reason code.
 
-    Reasons: `missing_field`, `bad_type`, `bad_role`, `empty_turn`, `not_ending_with_assistant`.
+    `ending` is the role the last turn must have: assistant (SFT and preference conversations) or user (prompts).
+    Reasons: `missing_field`, `bad_type`, `bad_role`, `empty_turn`, `not_ending_with_assistant`,
+    `not_ending_with_user`.
     """
     if messages is None:
         raise RowError("missing_field", field, "is missing")
@@ -147,8 +177,8 @@ def validate_messages(messages: Any, field: str = "messages") -> list[dict[str, 
         if not content.strip():
             raise RowError("empty_turn", f"{field}[{i}].content", f"the {role} turn is empty")
         out.append({"role": role, "content": content})
-    if out[-1]["role"] != "assistant":
-        raise RowError("not_ending_with_assistant", field, f"the last turn is {out[-1]['role']!r}, not 'assistant'")
+    if out[-1]["role"] != ending:
+        raise RowError(f"not_ending_with_{ending}", field, f"the last turn is {out[-1]['role']!r}, not {ending!r}")
     if not any(m["role"] == "user" for m in out):
         raise RowError("bad_role", field, "the conversation has no user turn")
     return out
@@ -166,6 +196,19 @@ def sft_row(messages: Any, *, source: str, source_id: str, meta: dict[str, Any] 
     """Build a validated SFT row with its id. Raises RowError."""
     row = {"messages": validate_messages(messages)}
     return _finish(row, source, source_id, meta)
+
+
+def prompt_row(messages: Any, *, source: str, source_id: str, meta: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """Build a validated prompt row (a conversation ending with the user turn to answer) with its id.
+
+    Raises RowError: the SFT reasons, with `not_ending_with_user` where SFT has `not_ending_with_assistant`.
+
+    >>> row = prompt_row([{"role": "user", "content": "Name three rivers."}], source="s", source_id="0")
+    >>> row["messages"], row["id"] == content_id(row, "prompt") != content_id(row)
+    ([{'role': 'user', 'content': 'Name three rivers.'}], True)
+    """
+    row = {"messages": validate_messages(messages, ending="user")}
+    return _finish(row, source, source_id, meta, "prompt")
 
 
 def preference_row(
@@ -199,8 +242,9 @@ def preference_row(
     return _finish(row, source, source_id, meta)
 
 
-def _finish(row: dict[str, Any], source: str, source_id: str, meta: dict[str, Any] | str | None) -> dict[str, Any]:
-    row["id"] = content_id(row)
+def _finish(row: dict[str, Any], source: str, source_id: str, meta: dict[str, Any] | str | None,
+            kind: RowKind | None = None) -> dict[str, Any]:
+    row["id"] = content_id(row, kind)
     row["source"] = source
     row["source_id"] = str(source_id)
     if meta is None:
@@ -223,7 +267,7 @@ def last_user_turn(messages: list[dict[str, str]]) -> str:
 
 
 def to_frame(rows: list[dict[str, Any]], kind: RowKind) -> pl.DataFrame:
-    """Rows (as built by sft_row/preference_row) to a polars frame with the exact schema, even when empty."""
+    """Rows (as built by sft_row/prompt_row/preference_row) to a polars frame with the exact schema, even when empty."""
     return pl.DataFrame(rows, schema=POLARS_SCHEMAS[kind]) if rows else empty_frame(kind)
 
 

@@ -17,13 +17,13 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from alignmix.pipeline.config import StrictModel
 
 
-class StageConfig(BaseModel):
+class StageConfig(StrictModel):
     """Base for stage configs: unknown fields are errors, so a typo in a recipe never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class StageStats(BaseModel):
