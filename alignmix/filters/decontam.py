@@ -1,92 +1,122 @@
 """Decontamination against evaluation sets: a row is contaminated when its text shares a word n-gram (default
 13, the GPT-3 paper's choice) with an evaluation prompt, or equals one after normalization.
 
-    DecontamConfig(evals=[{"path": "gsm8k_test.jsonl", "field": "question"}])
+    DecontamConfig(evals=["gsm8k", "mt_bench", {"path": "my_eval.csv", "field": "Question"}])
 
-Writes `contam_match` (the evaluation item, "<set>#<row>", null when clean). Reason `contaminated`, detail:
-"gsm8k_test#17: equal after normalization" or "gsm8k_test#17: 13-gram 'natalia sold clips to 48 ...'".
+Bare names select the sets bundled with alignmix (alignmix/filters/evals/SOURCES.md); a dict selects your own
+file, folder or dataset (see `evalsets`). A multi-turn item (MT-Bench's `turns`) has each turn checked.
+
+Writes `contam_match` (the evaluation item, "<set>#<item>" counting from 0, null when clean). Reason
+`contaminated`, detail: "gsm8k#17: equal after normalization", "gsm8k#17: 13-gram 'natalia sold clips to 48
+...'", or for a multi-turn item "mt_bench#3 turn 2: 13-gram '...'".
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
+from alignmix.filters.evalsets import EvalSet, read_eval_items, resolve
 from alignmix.filters.minhash import word_lists
 from alignmix.filters.normalize import TextField, text_expr
 from alignmix.pipeline.schema import normalize_text, row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, decide, keep_all
 
-
-class EvalSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="a JSON Lines, JSON or parquet file of evaluation items")
-    field: str = Field("prompt", description="the field that holds each item's prompt")
-    name: str | None = Field(None, description="the name recorded in matches (default: the file's stem)")
+# Every bundled set: what `decontam` checks when a recipe names none (`arena_hard` is both versions).
+DEFAULT_EVALS = ["gsm8k", "ifeval", "mt_bench", "alpaca_eval", "humaneval", "truthfulqa", "arena_hard"]
 
 
 class DecontamConfig(StageConfig):
-    evals: list[EvalSet] = Field(description="the evaluation sets to check against")
+    evals: list[EvalSet | str] = Field(
+        default_factory=lambda: list(DEFAULT_EVALS),
+        description="the evaluation sets to check against: bundled names (gsm8k, ifeval, mt_bench, alpaca_eval, "
+        "humaneval, truthfulqa, arena_hard, ...) and/or {path|hf: ..., field: ..., name: ...}; default: every "
+        "bundled set",
+    )
     field: TextField = Field("prompt", description="the row text compared: prompt, first_user, conversation, ...")
     ngram: int = Field(13, ge=1, description="words in a shared n-gram that mark contamination")
 
-
-def read_eval_prompts(spec: EvalSet) -> list[str]:
-    """The prompts of one evaluation file; errors name the file, the row and the field."""
-    path = Path(spec.path)
-    if not path.exists():
-        raise FileNotFoundError(f"evaluation set {path} does not exist")
-    if path.suffix == ".parquet":
-        frame = pl.read_parquet(path)
-        if spec.field not in frame.columns:
-            raise ValueError(f"{path}: no column {spec.field!r}; columns are {frame.columns}")
-        return [str(x) if x is not None else "" for x in frame[spec.field].to_list()]
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        items = orjson.loads(text)
-    else:  # JSON Lines, split on "\n" only: some strings hold U+2028
-        items = [orjson.loads(line) for line in text.split("\n") if line.strip()]
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get(spec.field), str):
-            raise ValueError(f"{path}: row {i} has no string field {spec.field!r}; set `field` to the prompt's name")
-        out.append(item[spec.field])
-    return out
+    @field_validator("evals")
+    @classmethod
+    def _known(cls, evals: list[EvalSet | str]) -> list[EvalSet | str]:
+        resolve(evals)  # unknown bundled names and clashing set names fail here, before any row is read
+        return evals
 
 
 class EvalIndex:
-    """Every word n-gram and normalized text of the evaluation prompts, mapped to the first item holding it."""
+    """Every word n-gram and normalized text of the evaluation prompts, mapped to the first item holding it.
+
+    Items are (set, item, turn) with turn None for a single-turn item; `sizes` is items per set.
+    """
 
     def __init__(self, sets: list[EvalSet], ngram: int):
         self.ngram = ngram
-        self.grams: dict[tuple[str, ...], str] = {}
-        self.exact: dict[str, str] = {}
+        self.items: list[tuple[str, str | None]] = []  # (label "<set>#<i>", "turn <k>" or None)
+        self.grams: dict[tuple[str, ...], int] = {}
+        self.exact: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
         for spec in sets:
-            name = spec.name or Path(spec.path).stem
-            prompts = read_eval_prompts(spec)
-            for i, (prompt, w) in enumerate(zip(prompts, word_lists(prompts))):
-                label = f"{name}#{i}"
-                self.exact.setdefault(normalize_text(prompt), label)
+            name = spec.label
+            prompts = read_eval_items(spec)
+            self.sizes[name] = len(prompts)
+            texts = []
+            for i, turns in enumerate(prompts):
+                for k, text in enumerate(turns, start=1):
+                    self.items.append((f"{name}#{i}", f"turn {k}" if len(turns) > 1 else None))
+                    texts.append(text)
+            first = len(self.items) - len(texts)
+            for j, (text, w) in enumerate(zip(texts, word_lists(texts)), start=first):
+                key = normalize_text(text)
+                if not key:
+                    continue  # a blank turn: it would match every blank row
+                self.exact.setdefault(key, j)
                 for k in range(len(w) - ngram + 1):
-                    self.grams.setdefault(tuple(w[k : k + ngram]), label)
+                    self.grams.setdefault(tuple(w[k : k + ngram]), j)
+
+    def _where(self, j: int) -> str:
+        label, turn = self.items[j]
+        return f"{label} {turn}" if turn else label
 
     def match(self, text: str, w: list[str]) -> tuple[str, str] | None:
         """(eval item, how) for the first match of `text` (whose words are `w`), or None."""
-        label = self.exact.get(normalize_text(text))
-        if label is not None:
-            return label, "equal after normalization"
+        j = self.exact.get(normalize_text(text))
+        if j is not None:
+            return self.items[j][0], f"{self._where(j)}: equal after normalization"
         n = self.ngram
         for k in range(len(w) - n + 1):
             gram = tuple(w[k : k + n])
-            label = self.grams.get(gram)
-            if label is not None:
-                return label, f"{n}-gram '{' '.join(gram)}'"
+            j = self.grams.get(gram)
+            if j is not None:
+                return self.items[j][0], f"{self._where(j)}: {n}-gram '{' '.join(gram)}'"
         return None
+
+
+# Built indexes, shared by the stage's copies: each parallel shard worker (`Stage.fresh`) would otherwise read
+# and index every set again. An index is read-only once built, so threads may share it.
+_INDEXES: dict[Any, EvalIndex] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def _identity(spec: EvalSet) -> tuple[Any, ...]:
+    """What a set's index depends on: its spec, and the size and mtime of a local file (like make)."""
+    path = Path(spec.path) if spec.path is not None else None
+    stat = path.stat() if path is not None and path.is_file() else None
+    return (spec.model_dump_json(), stat.st_size if stat else None, stat.st_mtime_ns if stat else None)
+
+
+def eval_index(sets: list[EvalSet], ngram: int) -> EvalIndex:
+    """The index of `sets`, built once per process for the same sets and files."""
+    key = (tuple(_identity(s) for s in sets), ngram)
+    with _INDEXES_LOCK:
+        if key not in _INDEXES:
+            if len(_INDEXES) >= 4:
+                _INDEXES.clear()
+            _INDEXES[key] = EvalIndex(sets, ngram)
+        return _INDEXES[key]
 
 
 class Decontaminate(Stage[DecontamConfig]):
@@ -101,7 +131,7 @@ class Decontaminate(Stage[DecontamConfig]):
 
     def load(self) -> EvalIndex:
         if self._index is None:
-            self._index = EvalIndex(self.config.evals, self.config.ngram)
+            self._index = eval_index(resolve(self.config.evals), self.config.ngram)
         return self._index
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -110,10 +140,13 @@ class Decontaminate(Stage[DecontamConfig]):
         matches = [index.match(t, w) for t, w in zip(texts, word_lists(texts))]
         scored = keep_all(frame).with_columns(
             pl.Series("contam_match", [m[0] if m else None for m in matches], dtype=pl.String),
-            pl.Series("_how", [f"{m[0]}: {m[1]}" if m else None for m in matches], dtype=pl.String),
+            pl.Series("_how", [m[1] if m else None for m in matches], dtype=pl.String),
         )
         return decide(scored, pl.col("contam_match").is_not_null(), "contaminated", pl.col("_how")).drop("_how")
 
     def describe(self, scored: pl.DataFrame, kept: pl.DataFrame) -> dict[str, Any]:
         sets = scored["contam_match"].drop_nulls().str.split("#").list.first().value_counts(sort=True)
-        return {"contaminated_by_set": {name: int(n) for name, n in sets.iter_rows()}}
+        return {
+            "contaminated_by_set": {name: int(n) for name, n in sets.iter_rows()},
+            "eval_items_by_set": dict(self.load().sizes),
+        }
