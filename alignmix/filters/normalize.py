@@ -1,15 +1,17 @@
 """Which text a filter looks at, and the normalization used to compare it.
 
-A filter names a field; `text_expr` turns it into a polars expression over SFT or preference rows:
+A filter names a field; `text_expr` turns it into a polars expression over SFT, prompt or preference rows:
 
-    field           preference rows                      SFT rows
+    field           preference rows                      SFT and prompt rows
     prompt          `prompt` (the last user turn)        the first user turn
     first_user      first user turn of `chosen`          first user turn of `messages`
     conversation    the whole `chosen` conversation      the whole `messages` conversation
-    response        the final `chosen` turn              the final assistant turn
+    response        the final `chosen` turn              the final assistant turn ("" for a prompt row)
     chosen          the final `chosen` turn              -
     rejected        the final `rejected` turn            -
 
+A prompt row has no answer yet, so its `response` is empty text: dedup never groups empty text, and response
+rules (length, quality) leave prompt rows alone.
 A conversation reads "user: Hi\\nassistant: Hello!".
 """
 
@@ -27,6 +29,12 @@ TextField = Literal["prompt", "first_user", "conversation", "response", "chosen"
 def final_turn(column: str) -> pl.Expr:
     """The content of the last message of a conversation column (the response, for valid rows)."""
     return pl.col(column).list.last().struct.field("content")
+
+
+def final_answer(column: str) -> pl.Expr:
+    """The content of the last message when it is the assistant's, else null (a prompt row awaits its answer)."""
+    last = pl.col(column).list.last()
+    return pl.when(last.struct.field("role") == "assistant").then(last.struct.field("content"))
 
 
 def first_user_turn(column: str) -> pl.Expr:
@@ -49,7 +57,7 @@ def text_expr(field: TextField, kind: RowKind) -> pl.Expr:
     elif field == "conversation":
         expr = conversation_text(conv)
     elif field == "response":
-        expr = final_turn(conv)
+        expr = final_turn(conv) if kind == "preference" else final_answer(conv)
     elif field in ("chosen", "rejected") and kind == "preference":
         expr = final_turn(field)
     else:
