@@ -150,8 +150,7 @@ def build_preferences_flow(recipe: str, part_dirs: dict[str, str] | None = None)
         print("the recipe has no `preferences:` section; nothing to do")
         return None
     part_dirs = part_dirs or curation.finished_parts(r)
-    wanted = r.preferences.get("prompts") or _generators(r, None)
-    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    wanted = curation.prompt_parts(r, part_dirs)
     missing = [w for w in wanted if w not in part_dirs]
     if missing:
         raise RuntimeError(f"stage build-preferences: prompts come from {missing}, which have not been built yet")

@@ -19,7 +19,8 @@ from typing import Any
 import polars as pl
 
 from alignmix.pipeline.recipe import Recipe
-from alignmix.pipeline.schema import row_kind
+from alignmix.pipeline.mixing import PROMPTS_NOT_MIXED
+from alignmix.pipeline.schema import prompt_rows_in, row_kind
 from alignmix.pipeline.stage import Stage, StageResult, count_reasons
 from alignmix.pipeline.store import MixStore, fingerprint, read_json, sha256_file, write_frame, write_json
 
@@ -40,24 +41,35 @@ def mix_source_names(recipe: Recipe, available: list[str] | pl.DataFrame) -> lis
 
 
 def gather(recipe: Recipe, part_dirs: dict[str, str]) -> tuple[pl.DataFrame, str]:
-    """Concatenate the shards of every part that feeds the mix; return the rows and a fingerprint of them."""
-    wanted = list(recipe.mix.sources) if recipe.mix.sources else sorted(part_dirs)
+    """Concatenate the shards of every part that feeds the mix; return the rows and a fingerprint of them.
+
+    Prompt rows never enter a mix (they have no response; they feed `preferences.prompts`): without
+    `mix.sources`, parts of prompt rows are left out; a `mix.sources` that names one is an error.
+    """
+    named = bool(recipe.mix.sources)
+    wanted = list(recipe.mix.sources) if named else sorted(part_dirs)
     missing = [n for n in wanted if n not in part_dirs]
     if missing:
         raise ValueError(
             f"mix.sources names {missing}, but the recipe has no source or generator by that name "
             f"(it has {sorted(part_dirs)})"
         )
-    frames, digests, kinds = [], [], {}
+    frames, digests, kinds, prompts = [], [], {}, []
     for name in wanted:
         store = MixStore(part_dirs[name])
         files = store.shard_files()
         if not files:
             raise ValueError(f"part {name!r} ({part_dirs[name]}) holds no shards")
         frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-        kinds[name] = row_kind(frame)
+        kind = row_kind(frame)
+        if kind != "preference" and prompt_rows_in(frame):
+            prompts.append(name)
+            continue
+        kinds[name] = kind
         frames.append(frame)
         digests.append([name, [sha256_file(f) for f in files]])
+    if prompts and named:
+        raise ValueError(PROMPTS_NOT_MIXED.format(names=prompts))
     if len(set(kinds.values())) > 1:
         raise ValueError(
             f"a mix holds one row kind, but its sources differ: {kinds}; turn SFT prompts into pairs with "
@@ -65,6 +77,28 @@ def gather(recipe: Recipe, part_dirs: dict[str, str]) -> tuple[pl.DataFrame, str
         )
     frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return frame, fingerprint("gather", alignmix.__version__, digests)
+
+
+def prompt_parts(recipe: Recipe, part_dirs: dict[str, str]) -> list[str]:
+    """The parts whose rows give the prompts of the recipe's `preferences`: the sources and generators that
+    `preferences.prompts` names, or by default every generator and every source of prompt rows.
+
+    A source of prompt rows (ShareGPT first turns, an eval-style prompt list) is how a recipe builds an
+    UltraFeedback-style mix from prompts it already has; it is never mixed itself (see `gather`).
+    """
+    named = recipe.prompt_names()
+    if named:
+        return named
+    sources = [s.name for s in recipe.sources if s.name in part_dirs and part_kind(part_dirs[s.name]) == "prompt"]
+    return [str(g.get("name")) for g in recipe.generators] + sources
+
+
+def part_kind(part_dir: str | Path) -> str | None:
+    """The row kind an ingested part recorded in its stats (None for parts without ingest stats)."""
+    for stats in MixStore(part_dir).all_stats().values():
+        if str(stats.get("stage", "")).startswith("ingest-") and stats.get("kind"):
+            return str(stats["kind"])
+    return None
 
 
 def shard_rows(recipe: Recipe) -> int:

@@ -1,4 +1,7 @@
-"""`alignmix inspect DIR`: counts per split, the row schema, rejected reasons and a few rows, in the terminal.
+"""`alignmix inspect DIR`: counts per split, the row kind and schema, rejected reasons and a few rows, in the terminal.
+
+The row kind (sft, prompt or preference) comes from what wrote the folder (ingest stats, the manifest); prompt
+rows show their turns and end with "awaiting a response", since SFT and prompt rows share one schema.
 
 DIR is a store folder (data/, rejected/, stats/), or a folder of them (what `alignmix ingest A B --out DIR`
 writes). Counts come from parquet footers and only the rows shown are read, so it is quick on any size.
@@ -81,11 +84,22 @@ def _row_panel(row: dict[str, Any]) -> Panel:
         for m in row["messages"]:
             body.append(f"{m['role']:<10}", style="bold")
             body.append(_clip(m["content"]) + "\n")
+        if row["messages"] and row["messages"][-1]["role"] == "user":
+            body.append("(prompt row: awaiting a response)\n", style="italic yellow")
     meta = row.get("meta") or "{}"
     if meta != "{}":
         body.append("meta     " + _clip(orjson.loads(meta), 120) + "\n", style="dim")
     title = f"{row.get('source')}#{row.get('source_id')}  id {str(row.get('id'))[:12]}"
     return Panel(body, title=title, title_align="left")
+
+
+def stored_kind(store: MixStore) -> str | None:
+    """The row kind a store folder recorded: its ingest stats' `kind`, else its manifest's `row_kind`."""
+    kinds = {s["kind"] for s in store.all_stats().values() if str(s.get("stage", "")).startswith("ingest-") and s.get("kind")}
+    if len(kinds) == 1:
+        return kinds.pop()
+    manifest = store.read_manifest() if store.manifest_path.exists() else {}
+    return manifest.get("row_kind")
 
 
 def render_inspect(path: str | Path, rows: int = 3, console: Console | None = None) -> None:
@@ -95,7 +109,8 @@ def render_inspect(path: str | Path, rows: int = 3, console: Console | None = No
         store = MixStore(folder)
         console.rule(f"[bold]{folder}")
         counts = split_counts(store)
-        table = Table(title="splits", title_justify="left")
+        kind = stored_kind(store)
+        table = Table(title=f"splits ({kind} rows)" if kind else "splits", title_justify="left")
         for col in ("split", "rows", "shards"):
             table.add_column(col, justify="left" if col == "split" else "right")
         for split, c in counts.items():

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from alignmix.pipeline.recipe import MixSourceSpec, MixSpec
-from alignmix.pipeline.schema import row_kind
+from alignmix.pipeline.schema import prompt_rows_in, row_kind
 from alignmix.pipeline.topics import CATEGORIES, add_categories
 
 
@@ -119,6 +119,13 @@ def _test_mask(strata: list[str], test_fraction: float, seed: int) -> np.ndarray
     return mask
 
 
+PROMPTS_NOT_MIXED = (
+    "mix.sources names {names}, which hold prompt rows (conversations ending with the user turn, no response "
+    "yet): a mix holds SFT or preference rows. Name them in `preferences.prompts` to make pairs from them, and "
+    "take them out of mix.sources"
+)
+
+
 def mix_sources(curated: dict[str, pl.DataFrame], spec: MixSpec, seed: int) -> MixResult:
     """Draw each source's rows as `spec` asks, split train/test, and return the frames, the draws and stats.
 
@@ -133,6 +140,9 @@ def mix_sources(curated: dict[str, pl.DataFrame], spec: MixSpec, seed: int) -> M
     if unknown:
         raise MixError(f"mix.sources names {unknown}, which are not among the sources {sorted(curated)}")
     kinds = {name: row_kind(frame) for name, frame in curated.items() if name in spec.sources}
+    prompts = sorted(n for n, k in kinds.items() if k != "preference" and prompt_rows_in(curated[n]))
+    if prompts:
+        raise MixError(PROMPTS_NOT_MIXED.format(names=prompts))
     if len(set(kinds.values())) > 1:
         raise MixError(f"a mix holds one row kind, but the sources are {kinds}; mix SFT and preference rows apart")
 

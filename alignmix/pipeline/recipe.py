@@ -112,7 +112,21 @@ class Recipe(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source and generator names must be unique; repeated: {dupes}")
+        unknown = [n for n in self.prompt_names() if n not in names]
+        if unknown:
+            raise ValueError(
+                f"preferences.prompts names {unknown}, which is no source or generator of this recipe (it has "
+                f"{sorted(names)}): name a source (a prompt list such as ShareGPT first turns, or SFT and preference "
+                "rows, whose prompts are answered again) or a generator"
+            )
         return self
+
+    def prompt_names(self) -> list[str]:
+        """The sources and generators `preferences.prompts` names ([] when it names none: the flow's default)."""
+        named = (self.preferences or {}).get("prompts")
+        if not named:
+            return []
+        return [named] if isinstance(named, str) else [str(n) for n in named]
 
     def recipe_hash(self) -> str:
         return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -160,7 +160,8 @@ class BinarizeConfig(_Strict):
 class PreferencesConfig(_Strict):
     name: str = Field("preferences", description="the source name recorded in each preference row")
     prompts: str | list[str] | None = Field(
-        None, description="the sources or generators whose rows give the prompts (for the flow; default: all generators)"
+        None, description="the sources or generators whose rows give the prompts (for the flow; default: every "
+        "generator and every source of prompt rows)"
     )
     limit: int | None = Field(None, gt=0, description="use at most this many prompts")
     seed: int = 0
