@@ -4,18 +4,20 @@
     DecontamConfig(evals=["gsm8k", "mt_bench", {"path": "my_eval.csv", "field": "Question"}])
 
 Bare names select the sets bundled with alignmix (alignmix/filters/evals/SOURCES.md); a dict selects your own
-file, folder or dataset (see `evalsets`). A multi-turn item (MT-Bench's `turns`) has each turn checked.
+file, folder or dataset (see `evalsets`). Both sides are checked turn by turn: every user turn of a row (by
+default; `field` picks one text instead) against every turn of a multi-turn item (MT-Bench's `turns`).
 
 Writes `contam_match` (the evaluation item, "<set>#<item>" counting from 0, null when clean). Reason
 `contaminated`, detail: "gsm8k#17: equal after normalization", "gsm8k#17: 13-gram 'natalia sold clips to 48
-...'", or for a multi-turn item "mt_bench#3 turn 2: 13-gram '...'".
+...'", for a multi-turn item "mt_bench#3 turn 2: 13-gram '...'", and "... (user turn 1 of 3)" when the row has
+several user turns.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field, field_validator
@@ -37,7 +39,12 @@ class DecontamConfig(StageConfig):
         "humaneval, truthfulqa, arena_hard, ...) and/or {path|hf: ..., field: ..., name: ...}; default: every "
         "bundled set",
     )
-    field: TextField = Field("prompt", description="the row text compared: prompt, first_user, conversation, ...")
+    # user_turns by default: a multi-turn row trains on every user turn, and `prompt` is only one of them (the
+    # last for preference rows, the first for SFT and prompt rows). On the real HH-RLHF test sample, `prompt`
+    # finds 10 rows that open or close with an AlpacaEval prompt, user_turns 29.
+    field: TextField | Literal["user_turns"] = Field(
+        "user_turns", description="the row text compared: user_turns (every user turn, each on its own), or one "
+        "text: prompt, first_user, conversation, ...")
     ngram: int = Field(13, ge=1, description="words in a shared n-gram that mark contamination")
 
     @field_validator("evals")
@@ -119,6 +126,29 @@ def eval_index(sets: list[EvalSet], ngram: int) -> EvalIndex:
         return _INDEXES[key]
 
 
+def user_turns(kind: str) -> pl.Expr:
+    """Every user turn's content, as a list per row (of `chosen` for preference rows, else of `messages`)."""
+    conv = "chosen" if kind == "preference" else "messages"
+    user = pl.element().struct.field("role") == "user"
+    return pl.col(conv).list.eval(pl.element().filter(user).struct.field("content"))
+
+
+def _match_turns(index: EvalIndex, rows: list[list[str] | None]) -> list[tuple[str, str] | None]:
+    """The first match among each row's user turns; the detail names the turn when the row has several."""
+    flat = [t or "" for turns in rows for t in turns or ()]
+    flat_words = iter(word_lists(flat))
+    texts = iter(flat)
+    out: list[tuple[str, str] | None] = []
+    for turns in rows:
+        found = None
+        for k in range(1, len(turns or ()) + 1):
+            m = index.match(next(texts), next(flat_words))
+            if m is not None and found is None:
+                found = (m[0], f"{m[1]} (user turn {k} of {len(turns)})" if len(turns) > 1 else m[1])
+        out.append(found)
+    return out
+
+
 class Decontaminate(Stage[DecontamConfig]):
     """Drop rows whose prompt overlaps an evaluation prompt: `contaminated`, with the matched item."""
 
@@ -136,8 +166,12 @@ class Decontaminate(Stage[DecontamConfig]):
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         index = self.load()
-        texts = frame.select(text_expr(self.config.field, row_kind(frame))).to_series().to_list()
-        matches = [index.match(t, w) for t, w in zip(texts, word_lists(texts))]
+        kind = row_kind(frame)
+        if self.config.field == "user_turns":
+            matches = _match_turns(index, frame.select(user_turns(kind)).to_series().to_list())
+        else:
+            texts = frame.select(text_expr(self.config.field, kind)).to_series().to_list()
+            matches = [index.match(t, w) for t, w in zip(texts, word_lists(texts))]
         scored = keep_all(frame).with_columns(
             pl.Series("contam_match", [m[0] if m else None for m in matches], dtype=pl.String),
             pl.Series("_how", [m[1] if m else None for m in matches], dtype=pl.String),

@@ -17,7 +17,7 @@ from alignmix.filters.evals import BUNDLED
 from alignmix.filters.evals import HERE as BUNDLED_DIR
 from alignmix.filters.evalsets import EvalSet, EvalSetError, read_eval_items, resolve
 from alignmix.filters.minhash import words
-from tests.filters.rows import by_source_id, jsonl, load_ultrafeedback, pref, prefs
+from tests.filters.rows import by_source_id, jsonl, load_hh, load_ultrafeedback, pref, prefs
 from tests.stage_contract import assert_stage_contract
 
 EVAL = [
@@ -290,3 +290,19 @@ def test_shipped_files_equal_what_the_build_script_makes(shared_data, tmp_path):
             shipped, new = gzip.decompress(shipped), gzip.decompress(new)
         assert shipped == new, f"{name} is stale: run python -m alignmix.filters.evals.build <evals folder>"
     assert build(shared_data / "evals", tmp_path / "again")["gsm8k.jsonl.gz"] == (tmp_path / "gsm8k.jsonl.gz").read_bytes()
+
+
+def test_hh_rlhf_overlaps_alpaca_eval_and_user_turns_finds_it_in_earlier_turns(shared_data):
+    """AlpacaEval's helpful_base prompts are first turns of Anthropic HH-RLHF test conversations: the real
+    HH-RLHF test sample is contaminated. `prompt` (the last user turn) sees 10 rows; `user_turns` (the default)
+    also sees the multi-turn rows that open with an AlpacaEval prompt (29), and names the turn."""
+    hh, _ = load_hh(shared_data)
+    _, by_prompt, stats = assert_stage_contract(Decontaminate({"evals": ["alpaca_eval"], "field": "prompt"}), hh)
+    assert stats.dropped == {"contaminated": 10}
+    _, by_turns, stats = assert_stage_contract(Decontaminate({"evals": ["alpaca_eval"]}), hh)  # user_turns
+    assert stats.dropped == {"contaminated": 29}
+    assert set(by_prompt["source_id"]) < set(by_turns["source_id"])
+    details = by_source_id(by_turns)
+    assert details["772"] == ("contaminated", "alpaca_eval#85: equal after normalization")
+    assert details["511"] == ("contaminated", "alpaca_eval#28: equal after normalization (user turn 1 of 4)")
+    assert sum("(user turn 1 of" in d for _, d in details.values()) == 19
