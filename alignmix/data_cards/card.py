@@ -14,7 +14,8 @@ from typing import Any
 
 from alignmix.data_cards.collect import hub_metadata, load_card_data
 from alignmix.data_cards.plots import make_plots
-from alignmix.data_cards.render import build_sections, render_html, render_markdown, render_terminal
+from alignmix.data_cards.render import render_html, render_markdown, render_terminal
+from alignmix.data_cards.sections import build_sections
 from alignmix.pipeline.store import atomic_path
 
 

@@ -3,7 +3,7 @@ metadata of its README header and an offline check of that metadata.
 
     >>> card = load_card_data("out/demo")                                   # doctest: +SKIP
     >>> sorted(card)                                                                    # doctest: +SKIP
-    ['ingest', 'manifest', 'mix', 'review', 'stages']
+    ['ingest', 'length_bias', 'manifest', 'mix', 'review', 'stages']
 """
 
 from __future__ import annotations
@@ -47,15 +47,19 @@ def load_card_data(mix_dir: str | Path) -> dict[str, Any]:
     # `alignmix review DIR` (alignmix.filters.review) writes its human spot check here, after the mix is built.
     if (store.root / "review" / "summary.json").exists():
         review["review/summary.json"] = read_json(store.root / "review" / "summary.json")
+    stages = {
+        k: v for k, v in stats.items()
+        if k != "mix" and not k.startswith("ingest-") and "review" not in k and isinstance(v, dict) and "rows_in" in v
+    }
     return {
         "manifest": store.read_manifest(),
         "mix": read_json(mix_path),
         "ingest": {k.removeprefix("ingest-"): v for k, v in stats.items() if k.startswith("ingest-")},
         "review": review,
-        "stages": {
-            k: v for k, v in stats.items()
-            if k != "mix" and not k.startswith("ingest-") and "review" not in k and isinstance(v, dict) and "rows_in" in v
-        },
+        "stages": stages,
+        # A stage feeds the card's length-bias section by recording `length_bias` (filters/length.py's picture).
+        "length_bias": {k: v["distributions"]["length_bias"] for k, v in stages.items()
+                        if isinstance(v.get("distributions", {}).get("length_bias"), dict)},
     }
 
 
