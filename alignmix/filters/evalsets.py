@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,8 @@ class EvalSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description=f"a local evaluation file or folder ({ACCEPTED})")
-    hf: str | None = Field(None, description="a Hugging Face dataset id (Hub cache or a local folder), read offline-safe "
-                           "through `datasets.load_dataset`")
+    hf: str | None = Field(None, description="a Hugging Face dataset id (from the local cache when offline) or a "
+                           "local data folder, read through `datasets.load_dataset`")
     config: str | None = Field(None, description="the dataset's configuration, for `hf` (e.g. gsm8k's `main`)")
     split: str | None = Field(None, description="the split, for `hf` or a save_to_disk folder with several")
     field: str = Field("prompt", description="the field of each item that holds its prompt: a string, a list of "
@@ -290,7 +289,7 @@ def _csv(path: Path, raw: bytes, delimiter: str, field: str) -> tuple[list[str],
     except UnicodeDecodeError as err:
         raise EvalSetError(f"evaluation set {path}: not UTF-8 (byte {err.start}); save it as UTF-8") from None
     # Long prompts (whole documents) pass the csv module's default cell limit of 131,072 characters.
-    csv.field_size_limit(max(csv.field_size_limit(), sys.maxsize >> 1))
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a C long, also on Windows
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader, [])]
