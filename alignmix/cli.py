@@ -10,7 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 
 app = typer.Typer(
-    help="alignmix: build, curate and mix post-training data (SFT and preference rows), then train on it.",
+    help="alignmix: build, curate and mix post-training data (SFT and preference rows), then train on it. "
+    "Commands that read rows (ingest, dedup, filter, review, judge, generate responses) take a JSONL, gzip JSONL, "
+    "JSON or parquet file, a folder of them, a datasets save_to_disk folder, hf:<dataset id>[:<split>], or a "
+    "folder alignmix wrote (`alignmix ingest --format help` lists the formats).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -22,6 +25,36 @@ def fail(message: str) -> None:
     # Escaped: messages quote user text ("[...]" would be read as markup); unwrapped: paths stay whole.
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _format_help(value: Optional[str]) -> Optional[str]:
+    """`--format help` lists the formats and exits, before SOURCES and --out are asked for."""
+    if value == "help":
+        from alignmix.pipeline.adapters import formats_help
+
+        console.print("formats (detected from the records' fields, or forced with --format NAME):")
+        console.print(formats_help(), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit()
+    return value
+
+
+# What a command that reads rows takes: the same words in every command's help.
+INPUT_HELP = ("a JSONL / JSON / parquet file, a folder of them, a save_to_disk folder or hf:<dataset id>[:<split>] "
+              "(anything `alignmix ingest` reads, ingested into --out on the fly), or rows alignmix wrote (read as they are)")
+
+
+def _read_input(src: str, work_dir: Optional[Path], format: Optional[str], *, folder: bool = False):
+    """The rows of IN (see pipeline/inputs.py), with one line saying how they were read; a bad IN is an error."""
+    from alignmix.pipeline.inputs import InputError, input_folder, read_input
+
+    try:
+        rows = input_folder(src, work_dir, format=format) if folder else read_input(src, work_dir, format=format)
+    except InputError as err:
+        fail(str(err))
+    except ValueError as err:  # rows alignmix wrote whose columns do not match a row schema
+        fail(f"{src}: {err}")
+    console.print(rows.describe(), highlight=False, soft_wrap=True)
+    return rows
 
 
 # Options several commands share: the same flags, default and help text wherever they appear.
@@ -42,6 +75,9 @@ _OPTIONS: dict[str, tuple[tuple, dict]] = {
     "max_length": ((None,), {"help": "tokens per sequence"}),
     "quantize": ((None,), {"help": "auto | none | 4bit (QLoRA, CUDA)"}),
     "merge": ((None, "--merge/--no-merge"), {"help": "also write the merged model"}),
+    "input_format": ((None, "--format"), {
+        "help": "force a format adapter when IN is not rows alignmix wrote (`--format help` lists them)",
+        "callback": _format_help, "is_eager": True}),
     "sets": (([], "--set"), {
         "help": "override any config field: --set lora.r=8 --set warmup_ratio=0 (repeatable; see `config.py`)"}),
 }
@@ -54,17 +90,6 @@ def _option(key: str):
 
 
 # --- pipeline commands --------------------------------------------------------------------------------------
-
-
-def _format_help(value: Optional[str]) -> Optional[str]:
-    """`--format help` lists the formats and exits, before SOURCES and --out are asked for."""
-    if value == "help":
-        from alignmix.pipeline.adapters import formats_help
-
-        console.print("formats (detected from the records' fields, or forced with --format NAME):")
-        console.print(formats_help(), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit()
-    return value
 
 
 @app.command()
@@ -182,8 +207,10 @@ def generate_self_instruct(
 
 @generate_app.command("responses")
 def generate_responses_cmd(
-    prompts: Path = typer.Argument(..., help="a folder alignmix wrote (SFT or preference rows), or a .txt, one prompt a line"),
+    prompts: str = typer.Argument(..., help="prompts: SFT, preference or prompt rows, " + INPUT_HELP
+                                   + "; or a .txt file, one prompt a line"),
     out: Path = typer.Option(..., "--out", help="the folder that receives data/ (one SFT row per response)"),
+    format: Optional[str] = _option("input_format"),
     temperatures: Optional[str] = typer.Option(None, help="one responder per temperature, e.g. 0.3,0.7,1.0,1.3"),
     max_new_tokens: int = typer.Option(256, help="per response (for the responders of --temperatures)"),
     model: Optional[str] = _option("model"),
@@ -201,15 +228,20 @@ def generate_responses_cmd(
     if temperatures:
         common = {k: v for k, v in _model_options(model, backend, base_url, None).items() if v is not None}
         spec["responders"] = [{"temperature": float(t), "max_new_tokens": max_new_tokens, **common} for t in temperatures.split(",")]
-    source = prompts.read_text(encoding="utf-8").splitlines() if prompts.is_file() else prompts
-    source = [p for p in source if p.strip()] if isinstance(source, list) else source
+    if prompts.endswith(".txt") and Path(prompts).is_file():
+        source = [line for line in Path(prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        source = _read_input(prompts, out, format).frame
     console.print(render_stats(_run_synth(lambda: generate_responses(source, spec, out, progress=True))), highlight=False)
 
 
 @app.command()
 def judge(
-    responses: Path = typer.Argument(..., help="a folder `alignmix generate responses` wrote"),
+    responses: str = typer.Argument(..., help="responses: a folder `alignmix generate responses` wrote, or SFT "
+                                     "rows (answers to the same prompt are grouped) or preference pairs (both sides "
+                                     "rated): " + INPUT_HELP),
     out: Path = typer.Option(..., "--out", help="the folder that receives the rated rows (or the pairs)"),
+    format: Optional[str] = _option("input_format"),
     binarize: bool = typer.Option(False, "--binarize", help="write preference pairs, the UltraFeedback way"),
     rejected: str = typer.Option("random", help="binarization: random (seeded) or lowest"),
     pairwise: bool = typer.Option(False, "--pairwise", help="also judge each pair in both orders"),
@@ -221,6 +253,7 @@ def judge(
     config: Optional[Path] = _option("prefs_config"),
 ) -> None:
     """Rate every response (helpfulness, honesty, instruction following, truthfulness; 1-5 with rationale)."""
+    from alignmix.pipeline.inputs import written_by_alignmix
     from alignmix.synth.judge import judge_responses
     from alignmix.synth.preferences import binarize_ratings
     from alignmix.synth.report import render_stats
@@ -229,7 +262,8 @@ def judge(
     judge_opts = {"temperature": temperature, "pairwise": pairwise or None, **_model_options(model, backend, base_url, None)}
     spec["judge"] = {**spec.get("judge", {}), **{k: v for k, v in judge_opts.items() if v is not None}}
     spec["binarize"] = {**spec.get("binarize", {}), "rejected": rejected}
-    stats = _run_synth(lambda: judge_responses(responses, spec, out, progress=True, write_data=not binarize))
+    source = responses if written_by_alignmix(responses) else _read_input(responses, out, format).frame
+    stats = _run_synth(lambda: judge_responses(source, spec, out, progress=True, write_data=not binarize))
     console.print(render_stats(stats), highlight=False)
     if binarize:
         console.print(render_stats(_run_synth(lambda: binarize_ratings(out, spec, out, progress=True))), highlight=False)
@@ -240,8 +274,9 @@ def judge(
 
 @app.command()
 def dedup(
-    src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
+    src: str = typer.Argument(..., metavar="IN", help=INPUT_HELP),
     out: Path = _option("stage_out"),
+    format: Optional[str] = _option("input_format"),
     on: str = typer.Option("prompt", "--on", help="text compared: prompt, first_user, conversation, response, ..."),
     threshold: float = typer.Option(0.8, "--threshold", help="Jaccard similarity of word 5-gram sets for near duplicates"),
     exact_only: bool = typer.Option(False, "--exact-only", help="only drop rows equal after normalization"),
@@ -255,7 +290,11 @@ def dedup(
         stages = [build_stage({"stage": "exact_dedup", "field": on, "keep": keep})]
         if not exact_only:
             stages.append(build_stage({"stage": "near_dedup", "field": on, "threshold": threshold, "keep": keep}))
-        stats = curate(src, out, stages)
+    except ValueError as err:
+        fail(str(err))
+    rows = _read_input(src, out, format)
+    try:
+        stats = curate(rows.frame, out, stages)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
     console.print(render_stats(stats), highlight=False)
@@ -263,8 +302,9 @@ def dedup(
 
 @app.command("filter")
 def filter_rows(
-    src: Path = typer.Argument(..., metavar="IN", help="a directory alignmix wrote, a folder of parquet files, or a file"),
+    src: str = typer.Argument(..., metavar="IN", help=INPUT_HELP),
     out: Path = _option("stage_out"),
+    format: Optional[str] = _option("input_format"),
     stage: list[str] = typer.Option(
         ..., "--stage", help='a stage name (length, consistency, language, ...) or a JSON object {"stage": ..., ...}; repeatable'
     ),
@@ -276,24 +316,36 @@ def filter_rows(
     from alignmix.filters.registry import build_stage
 
     try:
-        specs = [orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s} for s in stage]
-        stats = curate(src, out, [build_stage(spec) for spec in specs])
-    except (ValueError, FileNotFoundError, RuntimeError, orjson.JSONDecodeError) as err:
+        stages = [build_stage(orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s}) for s in stage]
+    except (ValueError, orjson.JSONDecodeError) as err:
+        fail(str(err))
+    rows = _read_input(src, out, format)
+    try:
+        stats = curate(rows.frame, out, stages)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
     console.print(render_stats(stats), highlight=False)
 
 
 @app.command()
 def review(
-    mix_dir: Path = typer.Argument(..., metavar="DIR", help="a mix directory with preference rows in data/"),
+    src: str = typer.Argument(..., metavar="IN", help="preference rows: " + INPUT_HELP),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="the folder that receives review/ (and the rows read, when IN is not a folder alignmix "
+        "wrote); default: IN itself when it is, else ./<IN's name>-review"),
+    format: Optional[str] = _option("input_format"),
     sample: int = typer.Option(50, "--sample", help="how many random pairs to show"),
     seed: int = typer.Option(0, "--seed", help="seed of the sample and of the A/B order"),
 ) -> None:
-    """Spot-check a mix by hand: judge random pairs blind; report agreement with the labels (warns below 80%)."""
+    """Spot-check pairs by hand: judge random pairs blind; report agreement with the labels (warns below 80%)."""
     from alignmix.filters.review import review as run_review
+    from alignmix.pipeline.ingest import source_name
+    from alignmix.pipeline.inputs import is_store
 
+    folder = out if out is not None or is_store(src) else Path(f"{source_name(src)}-review")
+    rows = _read_input(src, folder, format, folder=True)
     try:
-        report = run_review(mix_dir, sample=sample, seed=seed, console=console)
+        report = run_review(rows.folder, sample=sample, seed=seed, console=console)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     console.print(report.render(), highlight=False)

@@ -32,8 +32,8 @@ from alignmix.pipeline.curation import (
     stage_fingerprint,
     write_curated,
 )
+from alignmix.pipeline.inputs import read_input
 from alignmix.pipeline.recipe import Recipe
-from alignmix.pipeline.schema import check_frame
 from alignmix.pipeline.stage import Stage, StageResult, StageStats
 from alignmix.pipeline.store import MixStore, write_shards
 
@@ -128,26 +128,19 @@ def curate_frames(frames: dict[str, pl.DataFrame], stages: list[Stage], store: M
     return {n: kept.filter(pl.col("source") == n) for n in names}
 
 
-def read_rows(path: str | Path) -> pl.DataFrame:
-    """SFT or preference rows from a mix directory, a folder of parquet files, or a parquet file."""
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif (p / "data").is_dir():
-        files = MixStore(p).shard_files()
-    else:
-        files = sorted(p.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{p} holds no parquet rows (looked for data/*.parquet, *.parquet)")
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
-    check_frame(frame)
-    return frame
+def read_rows(path: str | Path, work_dir: str | Path | None = None, *, format: str | None = None) -> pl.DataFrame:
+    """The rows at `path`: rows alignmix wrote (a folder with data/ shards, parquet files in the row schema) as
+    they are, anything else `alignmix ingest` reads through ingest, its rejected records and stats written to
+    `work_dir` (see `pipeline.inputs.read_input`)."""
+    return read_input(path, work_dir, format=format).frame
 
 
-def curate(src: str | Path, out: str | Path, stages: list[Stage], rows_per_shard: int = 100_000) -> list[StageStats]:
-    """Apply `stages` in order to the rows at `src`; write kept rows, rejected rows and stats under `out`."""
+def curate(src: str | Path | pl.DataFrame, out: str | Path, stages: list[Stage],
+           rows_per_shard: int = 100_000) -> list[StageStats]:
+    """Apply `stages` in order to the rows at `src` (or a frame of rows); write kept rows, rejected rows and stats
+    under `out` (an input that is not rows alignmix wrote is ingested, its rejects and stats kept in `out` too)."""
     store = MixStore(out)
-    frame = run_stages(read_rows(src), stages, store)
+    frame = run_stages(src if isinstance(src, pl.DataFrame) else read_rows(src, out), stages, store)
     write_shards(frame, store.data_dir, "train", rows_per_shard)
     return [StageStats.model_validate(store.read_stats(s.name)) for s in stages]
 

@@ -228,16 +228,53 @@ def _letter(text: str) -> str | None:
 
 
 def _response_rows(source: Any) -> pl.DataFrame:
-    """Response rows from a frame, or a directory `generate responses` wrote (its batches, else its data/)."""
-    if isinstance(source, pl.DataFrame):
-        return source
-    rows = stage_rows(source, "responses")
-    if rows is not None:
-        return rows
-    store = MixStore(source)
-    if not store.shard_files():
-        raise FileNotFoundError(f"{source} holds no responses: run `alignmix generate responses ... --out {source}` first")
-    return store.read()
+    """Response rows (SFT rows whose meta names their `prompt_id`) from a frame, a directory `generate responses`
+    wrote (its batches, else its data/), or anything else `alignmix ingest` reads (see `pipeline.inputs`).
+
+    Rows from elsewhere name no prompt: each gets the prompt_id `load_prompts` gives its prompt turns, so answers
+    to the same prompt are rated and binarized together. A preference pair gives its two responses
+    (response_index 0 chosen, 1 rejected; the same text on both sides is one response):
+
+        >>> from alignmix.pipeline.schema import preference_row, to_frame
+        >>> turns = lambda answer: [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
+        >>> pair = to_frame([preference_row("Hi", turns("Hello!"), turns("Go away."), source="hh", source_id="7")],
+        ...                 "preference")
+        >>> [(m[-1]["content"], orjson.loads(meta)["label"]) for m, meta in _response_rows(pair).select("messages", "meta").rows()]
+        [('Hello!', 'chosen'), ('Go away.', 'rejected')]
+    """
+    from collections import Counter
+
+    from alignmix.pipeline.inputs import read_input
+    from alignmix.pipeline.schema import content_id, sft_row, to_frame
+
+    rows = source
+    if not isinstance(rows, pl.DataFrame):
+        rows = stage_rows(source, "responses") if Path(source).is_dir() else None
+        rows = rows if rows is not None else read_input(source).frame
+    if {"chosen", "rejected"} <= set(rows.columns):
+        split = []
+        for r in rows.iter_rows(named=True):
+            meta = orjson.loads(r["meta"]) if r["meta"] else {}
+            for index, side in enumerate(("chosen", "rejected")):
+                split.append(sft_row(r[side], source=r["source"], source_id=f"{r['source_id']}-{side}",
+                                     meta={**meta, "response_index": index, "label": side, "score": r[f"score_{side}"]}))
+        rows = to_frame(split, "sft").unique("id", keep="first", maintain_order=True)
+    last_role = pl.col("messages").list.last().struct.field("role")
+    unanswered = rows.filter(last_role != "assistant").height
+    if unanswered:
+        raise ValueError(f"{source if not isinstance(source, pl.DataFrame) else 'the rows'}: {unanswered} of "
+                         f"{rows.height} rows end without an answer; rate responses: run `alignmix generate responses` "
+                         "on these prompts first")
+    if rows.filter(pl.col("meta").str.json_path_match("$.prompt_id").is_null()).height:
+        metas, answers = [], Counter()
+        for messages, meta in rows.select("messages", "meta").rows():
+            m = orjson.loads(meta) if meta else {}
+            m.setdefault("prompt_id", content_id({"messages": messages[:-1]}))  # the turns before the answer
+            m.setdefault("response_index", answers[m["prompt_id"]])  # its place among the answers to that prompt
+            answers[m["prompt_id"]] += 1
+            metas.append(orjson.dumps(m, option=orjson.OPT_SORT_KEYS).decode())
+        rows = rows.with_columns(pl.Series("meta", metas, dtype=pl.String))
+    return rows
 
 
 def judge_batch(judge: Judge, rows: pl.DataFrame, progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:

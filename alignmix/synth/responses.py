@@ -42,8 +42,10 @@ def _prompt_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 def load_prompts(source: Any, limit: int | None = None) -> pl.DataFrame:
     """Prompts as a frame (prompt_id, prompt, messages): from a directory alignmix wrote, a frame or a list of
     strings. `prompt_id` is a hash of the prompt conversation, so the same prompt has the same id everywhere."""
-    if isinstance(source, (str, Path)):
-        source = MixStore(source).read()
+    if isinstance(source, (str, Path)):  # rows alignmix wrote as they are, any other file through ingest
+        from alignmix.pipeline.inputs import read_input
+
+        source = read_input(source).frame
     if isinstance(source, list):
         source = pl.DataFrame({"prompt": source}, schema={"prompt": pl.String})
     frame: pl.DataFrame = source

@@ -81,7 +81,7 @@ def test_filter_command_and_its_errors(ingested):
     result = CliRunner().invoke(app, ["filter", str(ingested / "in"), "--out", str(out), "--stage", "nope"])
     assert result.exit_code == 2 and "unknown curation stage 'nope'" in result.output
     result = CliRunner().invoke(app, ["dedup", str(ingested / "missing"), "--out", str(out)])
-    assert result.exit_code == 2 and "holds no parquet rows" in result.output
+    assert result.exit_code == 2 and "missing: does not exist" in result.output
     # A stage that fails while running names itself, its place and its input, then what went wrong.
     gone = ingested / "gone.jsonl"
     result = CliRunner().invoke(app, [
