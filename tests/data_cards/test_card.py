@@ -88,19 +88,28 @@ def built(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store.root
 
 
+def _section(markdown: str, heading: str) -> str:
+    """The text under `## heading`, up to the next section."""
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _tables_in(markdown: str, heading: str) -> list[list[dict[str, str]]]:
+    """Every markdown table under `## heading`, each as dicts keyed by its header cells."""
+    split = lambda ln: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", ln.strip())[1:-1]]  # noqa: E731
+    tables, lines = [], []
+    for ln in _section(markdown, heading).splitlines() + [""]:
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            header = split(lines[0])
+            tables.append([dict(zip(header, split(x))) for x in lines[2:] if not x.startswith("|---")])
+            lines = []
+    return tables
+
+
 def _table_after(markdown: str, heading: str) -> list[dict[str, str]]:
     """The first markdown table under `## heading`, as dicts keyed by its header cells."""
-    section = markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    all_lines = section.splitlines()
-    start = next(i for i, ln in enumerate(all_lines) if ln.startswith("|"))
-    lines = []
-    for ln in all_lines[start:]:
-        if not ln.startswith("|"):
-            break
-        lines.append(ln)
-    split = lambda ln: [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", ln.strip())[1:-1]]  # noqa: E731
-    header = split(lines[0])
-    return [dict(zip(header, split(ln))) for ln in lines[2:] if not ln.startswith("|---")]
+    return _tables_in(markdown, heading)[0]
 
 
 def _reasons(cell: str) -> dict[str, dict[str, int]]:
@@ -223,6 +232,64 @@ mix:
     assert [r["stage"] for r in _table_after(readme, "Decontamination")] == ["decontam"]
     assert [r["stage"] for r in _table_after(readme, "Deduplication")] == ["exact_dedup"]
     assert (mix_dir / "card" / "stage-length.png").exists()
+
+    # The length stage's picture, as the card words it, from the stage's own record.
+    record = MixStore(mix_dir).read_stats("length")["distributions"]["length_bias"]
+    before, after = record["before"], record["after"]
+    bias = _section(readme, "Length bias")
+    assert (f"Chosen/rejected ratio of mean lengths (words): {before['ratio_of_means']:g} before the length stage "
+            f"({before['pairs']} pairs), {after['ratio_of_means']:g} after ({after['pairs']} pairs); chosen is the "
+            f"longer response in {100 * before['share_chosen_longer']:.1f}% of pairs before and "
+            f"{100 * after['share_chosen_longer']:.1f}% after") in bias
+    assert (before["pairs"], after["pairs"]) == (1477, 1387)
+    measures, buckets = _tables_in(readme, "Length bias")
+    assert {r["measure"]: r["before"] for r in measures}["ratio of mean lengths (chosen / rejected)"] == str(
+        before["ratio_of_means"])
+    assert [r["chosen longer before"] for r in buckets] == ["48.4%", "52.3%", "53.9%", "46.5%", "47.0%"]
+    assert all(45.0 <= float(r["chosen longer after"].rstrip("%")) <= 55.0 for r in buckets)
+    assert "Warning" not in bias  # real UltraFeedback and HH-RLHF are within the course's rule
+
+
+def test_the_card_warns_when_length_bias_breaks_the_courses_rule(tmp_path: Path) -> None:
+    """A source whose label follows length: chosen is 4x the rejected in 4 pairs of 5, and 1/4 in the fifth.
+    The card warns before the length stage and not after it, where every bucket is back in 45-55%."""
+    words = lambda n, tag: " ".join(f"{tag}{i}" for i in range(n))  # noqa: E731
+    with (tmp_path / "biased.jsonl").open("w") as f:
+        for i in range(120):
+            n = 5 + i
+            chosen, rejected = (words(4 * n, "c"), words(n, "r")) if i % 5 else (words(n, "c"), words(4 * n, "r"))
+            f.write(json.dumps({"prompt": f"Question {i}: how long should an answer be?", "chosen": chosen,
+                                "rejected": rejected}) + "\n")
+    recipe = tmp_path / "biased.yaml"
+    recipe.write_text(f"name: biased\nseed: 1\nsources:\n  - {{name: b, path: {tmp_path / 'biased.jsonl'}}}\n"
+                      "curation:\n  - {stage: length}\nmix:\n  sources: {b: {fraction: 1.0}}\n  test_fraction: 0.1\n")
+    result = CliRunner().invoke(app, ["mix", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    readme = (tmp_path / "out" / "biased" / "README.md").read_text()
+    bias = _section(readme, "Length bias")
+    warnings = [ln for ln in bias.splitlines() if ln.startswith("Warning")]
+    assert warnings == [
+        "Warning: before the length stage, chosen responses are 2.1618x as long as rejected ones on average "
+        "(ratio of mean lengths above 2): a model trained on these pairs learns that longer is better.",
+        "Warning: before the length stage, chosen is the longer response in 80.0% of pairs, outside 40-60%: the "
+        "label follows length.",
+    ]
+    assert ("Chosen/rejected ratio of mean lengths (words): 2.1618 before the length stage (120 pairs), 1.1039 after "
+            "(52 pairs); chosen is the longer response in 80.0% of pairs before and 53.8% after") in bias
+    measures, buckets = _tables_in(readme, "Length bias")
+    assert [(r["mean length (words)"], r["pairs before"], r["chosen longer before"], r["pairs after"],
+             r["chosen longer after"]) for r in buckets] == [
+        ("under 86.875", "30", "80.0%", "13", "53.8%"), ("86.875 to under 161.25", "30", "80.0%", "13", "53.8%"),
+        ("161.25 to under 235.625", "30", "80.0%", "13", "53.8%"), ("235.625 and over", "30", "80.0%", "13", "53.8%")]
+    assert "68 pairs subsampled away where a bucket's share lay outside 45-55%" in bias
+    assert len(_tables_in(readme, "Funnel")[0]) == 3  # ingest, length, mix
+
+
+def test_without_a_length_stage_the_card_states_the_mix_figures(built: Path) -> None:
+    bias = _section((built / "README.md").read_text(), "Length bias")
+    assert bias.strip() == (
+        "No length stage ran. In the mix (characters), the chosen/rejected ratio of mean lengths is 0.974 and chosen "
+        "is the longer response in 47.3% of pairs (ties count as not longer).")
 
 
 def test_the_readme_is_a_valid_hub_dataset_card(built: Path) -> None:
