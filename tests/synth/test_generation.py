@@ -124,8 +124,9 @@ def test_preferences_end_to_end(backend, tmp_path):
         "name": "prefs-test", "seed": 2, "prompts_per_batch": 2,
         "responders": [{"temperature": 0.7, "max_new_tokens": 16}, {"temperature": 1.2, "max_new_tokens": 16},
                        {"temperature": 1.5, "max_new_tokens": 16}],
-        # A sampled judge, so that the tiny model's ratings vary; 8 tokens: a rating, rarely a rationale.
-        "judge": {"temperature": 1.0, "max_new_tokens": 8, "pairwise": True},
+        # Expected ratings (probability-weighted), which rarely tie even on a 135M judge, so pairs do form;
+        # 8 tokens of rationale.
+        "judge": {"rating": "expected", "aspects": ["helpfulness", "honesty"], "max_new_tokens": 8, "pairwise": True},
         "binarize": {"rejected": "lowest"},
     }  # fmt: skip
     prompts = ["Name a large river in Europe.", "What is the capital of Japan?", "Give one tip for sleeping well."]
@@ -144,7 +145,7 @@ def test_preferences_end_to_end(backend, tmp_path):
         for row, meta in zip(pairs.iter_rows(named=True), _meta(pairs)):
             assert row["score_chosen"] > row["score_rejected"]
             assert meta["judge"]["model"] == "default" and len(meta["all_scores"]) >= 2
-            assert set(meta["chosen"]["ratings"]) == {"helpfulness", "honesty", "instruction_following", "truthfulness"}
+            assert set(meta["chosen"]["ratings"]) == {"helpfulness", "honesty"}
             assert meta["chosen"]["raw"]["helpfulness"].startswith("Rating:")
             assert [v["first"] for v in meta["pairwise"]["verdicts"]] == ["chosen", "rejected"]
             assert meta["pairwise"]["consistent"] in (True, False, None)
