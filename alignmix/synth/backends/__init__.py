@@ -13,6 +13,7 @@ from alignmix.synth.backends.base import (
     GenerationResult,
     SamplingParams,
     request_seed,
+    resident_backend,
 )
 
 BACKENDS = ("transformers", "vllm", "openai")
@@ -21,7 +22,8 @@ _CACHE: dict[str, Backend] = {}
 
 def get_backend(spec: dict[str, Any] | Backend, *, shared: bool = True) -> Backend:
     """A backend from `{"backend": name, "model": ..., **options}`. With `shared`, the same spec returns the same
-    (already loaded) backend, so a run that generates and judges with one model loads it once."""
+    backend, so a run that generates and judges with one model loads it once. Only one local model stays loaded:
+    a backend whose model was released (another one loaded since) loads again on its next `generate`."""
     if isinstance(spec, Backend):
         return spec
     spec = dict(spec)
@@ -44,4 +46,5 @@ def get_backend(spec: dict[str, Any] | Backend, *, shared: bool = True) -> Backe
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "GenerationRequest", "GenerationResult", "SamplingParams", "get_backend", "request_seed"]
+__all__ = ["BACKENDS", "Backend", "GenerationRequest", "GenerationResult", "SamplingParams", "get_backend", "request_seed",
+           "resident_backend"]

@@ -9,11 +9,15 @@ prompt). Each request carries its own sampling parameters and seed:
     ...                                     params=SamplingParams(max_new_tokens=32, stop=("<|im_end|>",), seed=1))])
     [GenerationResult(text='What is the capital of France?', finish_reason='stop', ...)]
 
-Models load lazily in `load()` (called by the first `generate`), never at construction.
+Models load lazily in `load()` (called by the first `generate`), never at construction. A process keeps one
+local model loaded at a time: loading a second releases the first (its weights and, on a GPU, its memory), which
+loads again on its next `generate`. A recipe that generates with one model and judges with another thus runs
+each stage with the whole GPU, where two vLLM engines at 0.5 of its memory each would not leave room for a third.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 from abc import ABC, abstractmethod
@@ -95,6 +99,10 @@ class Backend(ABC):
         """Load heavy resources (weights, tokenizer, engine). Idempotent."""
         self._loaded = True
 
+    def release(self) -> None:
+        """Free what `load()` took (weights, engine, GPU memory); the next `generate` loads again."""
+        self._loaded = False
+
     def generate(self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
         if not requests:
             return []
@@ -157,10 +165,29 @@ def tokenizer_special_tokens(tokenizer: Any | None) -> dict[str, str]:
     return {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
 
 
+# The one local model loaded in this process; guarded by _RESIDENT_LOCK (loads happen one at a time).
+_resident: LocalModelBackend | None = None
+_RESIDENT_LOCK = threading.Lock()
+
+
+def resident_backend() -> LocalModelBackend | None:
+    """The local-model backend whose weights are loaded now, if any."""
+    return _resident
+
+
 class LocalModelBackend(Backend):
     """A backend that loads the weights in this process (transformers, vLLM): `dtype` and `trust_remote_code`
     settings, and the Hugging Face tokenizer that `load()` puts in `self.tokenizer`, which supplies the chat
-    template and special tokens."""
+    template and special tokens.
+
+    Subclasses implement `_load()` and `_release()`; `load()` first releases whichever other local backend is
+    loaded, so that one model at a time holds memory:
+
+        >>> a = get_backend({"backend": "vllm", "model": "default"}); a.generate(reqs)      # doctest: +SKIP
+        >>> b = get_backend({"backend": "vllm", "model": "judge-model"}); b.generate(reqs)  # doctest: +SKIP
+        >>> (a._loaded, resident_backend() is b)                                           # doctest: +SKIP
+        (False, True)
+    """
 
     def __init__(self, model: str, *, tokenizer: str | None = None, batch_size: int = 16, dtype: str = "auto",
                  trust_remote_code: bool = False, **options: Any):
@@ -168,6 +195,44 @@ class LocalModelBackend(Backend):
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.tokenizer: Any = None
+
+    def load(self) -> None:
+        global _resident
+        if self._loaded:
+            return
+        with _RESIDENT_LOCK:
+            if self._loaded:
+                return
+            previous = _resident
+            if previous is not None and previous is not self:
+                with previous._lock:  # waits for a generate running in another thread to finish
+                    previous.release()
+            self._load()
+            self._loaded = True
+            _resident = self
+
+    def release(self) -> None:
+        global _resident
+        if self._loaded:
+            self._release()
+            self._loaded = False
+        if _resident is self:
+            _resident = None
+        gc.collect()
+        try:
+            import torch
+        except ImportError:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Load the weights and set `self.tokenizer`."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Drop every reference to the weights (and stop any engine processes)."""
 
     def tokenizer_path(self, model_path: str) -> str:
         """Where the tokenizer loads from: `tokenizer:` (resolved) when given, else the model's own folder."""

