@@ -221,6 +221,7 @@ def generate_responses_cmd(
     config: Optional[Path] = _option("prefs_config"),
 ) -> None:
     """N responses per prompt, varied by temperature (or by the responders of --config)."""
+    from alignmix.synth.config import PreferencesConfig
     from alignmix.synth.report import render_stats
     from alignmix.synth.responses import generate_responses
 
@@ -228,11 +229,12 @@ def generate_responses_cmd(
     if temperatures:
         common = {k: v for k, v in _model_options(model, backend, base_url, None).items() if v is not None}
         spec["responders"] = [{"temperature": float(t), "max_new_tokens": max_new_tokens, **common} for t in temperatures.split(",")]
+    cfg = _run_synth(lambda: PreferencesConfig.model_validate(spec))  # a bad setting fails before IN is read
     if prompts.endswith(".txt") and Path(prompts).is_file():
         source = [line for line in Path(prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         source = _read_input(prompts, out, format).frame
-    console.print(render_stats(_run_synth(lambda: generate_responses(source, spec, out, progress=True))), highlight=False)
+    console.print(render_stats(_run_synth(lambda: generate_responses(source, cfg, out, progress=True))), highlight=False)
 
 
 @app.command()
@@ -254,6 +256,7 @@ def judge(
 ) -> None:
     """Rate every response (helpfulness, honesty, instruction following, truthfulness; 1-5 with rationale)."""
     from alignmix.pipeline.inputs import written_by_alignmix
+    from alignmix.synth.config import PreferencesConfig
     from alignmix.synth.judge import judge_responses
     from alignmix.synth.preferences import binarize_ratings
     from alignmix.synth.report import render_stats
@@ -262,11 +265,12 @@ def judge(
     judge_opts = {"temperature": temperature, "pairwise": pairwise or None, **_model_options(model, backend, base_url, None)}
     spec["judge"] = {**spec.get("judge", {}), **{k: v for k, v in judge_opts.items() if v is not None}}
     spec["binarize"] = {**spec.get("binarize", {}), "rejected": rejected}
-    source = responses if written_by_alignmix(responses) else _read_input(responses, out, format).frame
-    stats = _run_synth(lambda: judge_responses(source, spec, out, progress=True, write_data=not binarize))
+    cfg = _run_synth(lambda: PreferencesConfig.model_validate(spec))  # a bad setting fails before IN is read
+    source = responses if format is None and written_by_alignmix(responses) else _read_input(responses, out, format).frame
+    stats = _run_synth(lambda: judge_responses(source, cfg, out, progress=True, write_data=not binarize))
     console.print(render_stats(stats), highlight=False)
     if binarize:
-        console.print(render_stats(_run_synth(lambda: binarize_ratings(out, spec, out, progress=True))), highlight=False)
+        console.print(render_stats(_run_synth(lambda: binarize_ratings(out, cfg, out, progress=True))), highlight=False)
 
 
 # --- filter commands (dedup, filter, review) ----------------------------------------------------------------
@@ -283,21 +287,10 @@ def dedup(
     keep: str = typer.Option("first", "--keep", help="which row of a cluster stays: first or highest_score"),
 ) -> None:
     """Drop exact duplicates, then MinHash near duplicates, keeping one row per cluster."""
-    from alignmix.filters.apply import curate, render_stats
-    from alignmix.filters.registry import build_stage
-
-    try:
-        stages = [build_stage({"stage": "exact_dedup", "field": on, "keep": keep})]
-        if not exact_only:
-            stages.append(build_stage({"stage": "near_dedup", "field": on, "threshold": threshold, "keep": keep}))
-    except ValueError as err:
-        fail(str(err))
-    rows = _read_input(src, out, format)
-    try:
-        stats = curate(rows.frame, out, stages)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        fail(str(err))
-    console.print(render_stats(stats), highlight=False)
+    specs = [{"stage": "exact_dedup", "field": on, "keep": keep}]
+    if not exact_only:
+        specs.append({"stage": "near_dedup", "field": on, "threshold": threshold, "keep": keep})
+    _curate(src, out, format, specs)
 
 
 @app.command("filter")
@@ -312,12 +305,21 @@ def filter_rows(
     """Apply curation stages in the order given, writing kept rows, rejected rows with reasons, and stats."""
     import orjson
 
+    try:
+        specs = [orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s} for s in stage]
+    except orjson.JSONDecodeError as err:
+        fail(f"--stage: not a stage name or a JSON object: {err}")
+    _curate(src, out, format, specs)
+
+
+def _curate(src: str, out: Path, format: Optional[str], specs: list[dict]) -> None:
+    """Build the stages (a bad one fails before anything is read), read IN, run them in order, print their counts."""
     from alignmix.filters.apply import curate, render_stats
     from alignmix.filters.registry import build_stage
 
     try:
-        stages = [build_stage(orjson.loads(s) if s.lstrip().startswith("{") else {"stage": s}) for s in stage]
-    except (ValueError, orjson.JSONDecodeError) as err:
+        stages = [build_stage(spec) for spec in specs]
+    except ValueError as err:
         fail(str(err))
     rows = _read_input(src, out, format)
     try:
@@ -342,7 +344,8 @@ def review(
     from alignmix.pipeline.ingest import source_name
     from alignmix.pipeline.inputs import is_store
 
-    folder = out if out is not None or is_store(src) else Path(f"{source_name(src)}-review")
+    in_place = out is None and format is None and is_store(src)  # a folder alignmix wrote: reviewed where it is
+    folder = out if out is not None or in_place else Path(f"{source_name(src)}-review")
     rows = _read_input(src, folder, format, folder=True)
     try:
         report = run_review(rows.folder, sample=sample, seed=seed, console=console)

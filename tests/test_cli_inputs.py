@@ -274,6 +274,13 @@ def test_generate_responses_reads_prompts_from_a_raw_jsonl(shared_data, tmp_path
     assert [(m[0]["content"], m[1]["content"][:11]) for m in rows["messages"].to_list()] == [(p, "Answer to: ") for p in first3]
 
 
+def test_a_bad_setting_fails_before_the_input_is_read(hh, tmp_path):
+    out = tmp_path / "responses"
+    result = run("generate", "responses", hh, "--out", out, "--temperatures", "0.7")  # one response: no pair
+    assert result.exit_code == 2 and "at least 2 responses per prompt" in result.output
+    assert "read " not in result.output and not out.exists()
+
+
 def test_judge_rates_a_raw_preference_file_and_binarizes_it_back(shared_data, tmp_path, monkeypatch):
     """Both sides of each pair become responses to one prompt; a judge that prefers the original chosen
     answers binarizes every pair back to the original label."""
@@ -327,3 +334,19 @@ def test_help_says_what_each_command_reads():
         assert shown.exit_code == 0
         text = " ".join(shown.output.replace("│", " ").split())
         assert "anything `alignmix ingest` reads" in text and "--format" in text, (command, text)
+
+
+@pytest.mark.slow
+def test_generate_responses_from_a_raw_file_with_the_default_model(hh, tmp_path):
+    """One real call: the default model answers the first HH-RLHF prompt, read from the raw JSONL."""
+    out = tmp_path / "responses"
+    result = run("generate", "responses", hh, "--out", out, "--limit", "1", "--temperatures", "0.3,1.3",
+                 "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert stats(out, "ingest-test_prefs")["rows_kept"] == 996
+    first = read_input(hh).frame.row(0, named=True)
+    rows = pl.read_parquet(out / "data")
+    rejected = pl.read_parquet(out / "rejected/responses.parquet")
+    assert rows.height + rejected.height == 2  # two temperatures; a repeated or empty answer is rejected, not lost
+    assert all(m.to_list()[:-1] == first["chosen"][:-1] for m in rows["messages"])
+    assert {orjson.loads(m)["finish_reason"] for m in rows["meta"]} <= {"stop", "length"}
