@@ -68,9 +68,12 @@ def mix_length_line(share: float, log2_ratio_median: Any) -> str:
 def length_bias_statement(stage: str, unit: str, before: dict[str, Any], after: dict[str, Any]) -> str:
     """The corpus ratio and share before and after a length stage, in one sentence.
 
-    >>> length_bias_statement("length", "words", {"pairs": 175, "ratio_of_means": 1.0374, "share_chosen_longer": 0.4615},
-    ...                       {"pairs": 142, "ratio_of_means": 0.9988, "share_chosen_longer": 0.4853})
-    'Chosen/rejected ratio of mean lengths (words): 1.0374 before the length stage (175 pairs), 0.9988 after (142 pairs); chosen is the longer response in 46.2% of pairs before and 48.5% after (pairs of equal length count on neither side).'
+    >>> before = {"pairs": 175, "ratio_of_means": 1.0374, "share_chosen_longer": 0.4615}
+    >>> after = {"pairs": 142, "ratio_of_means": 0.9988, "share_chosen_longer": 0.4853}
+    >>> print(length_bias_statement("length", "words", before, after))  # doctest: +NORMALIZE_WHITESPACE
+    Chosen/rejected ratio of mean lengths (words): 1.0374 before the length stage (175 pairs), 0.9988 after
+    (142 pairs); chosen is the longer response in 46.2% of pairs before and 48.5% after (pairs of equal length
+    count on neither side).
     """
     return (
         f"Chosen/rejected ratio of mean lengths ({unit}): {number(before.get('ratio_of_means'))} before the {stage} "
@@ -84,8 +87,10 @@ def length_bias_warnings(when: str, ratio_of_means: float | None, share: float |
     """Warnings for a corpus whose mean length ratio is beyond 2x either way, or whose share of pairs with the
     longer chosen lies outside 40-60%; `when` says which corpus ('before the length stage', 'in the mix').
 
-    >>> length_bias_warnings("in the mix", 2.4, 0.71)[0]
-    'Warning: in the mix, chosen responses are 2.4x as long as rejected ones on average (ratio of mean lengths above 2): a model trained on these pairs learns that longer is better.'
+    >>> for line in length_bias_warnings("in the mix", 2.4, 0.71): print(line)  # doctest: +NORMALIZE_WHITESPACE
+    Warning: in the mix, chosen responses are 2.4x as long as rejected ones on average (ratio of mean lengths
+    above 2): a model trained on these pairs learns that longer is better.
+    Warning: in the mix, chosen is the longer response in 71.0% of pairs, outside 40-60%: the label follows length.
     >>> length_bias_warnings("after the length stage", 1.1, 0.5)
     []
     """

@@ -135,11 +135,12 @@ def test_balance_brings_a_bucket_to_the_band_edge_and_leaves_ties_and_balanced_b
     # Tolerance 0 is exact halves in every bucket (the old `balance: true`): 3 pairs go.
     exact = LengthFilter({**config, "balance_tolerance": 0}).run(frame)
     assert exact.stats.dropped == {"length_balance": 3}
-    assert [b["share_chosen_longer"] for b in exact.stats.distributions["length_bias"]["after"]["buckets"]] == [0.5, 0.5]
+    assert bucket_shares(exact.stats.distributions["length_bias"]["after"]) == [0.5, 0.5]
 
 
 def test_balance_is_seeded_and_does_not_depend_on_the_row_order():
-    rows = [pref(f"L{i}", words(12), words(10)) for i in range(30)] + [pref(f"S{i}", words(9), words(10)) for i in range(10)]
+    rows = [pref(f"L{i}", words(12), words(10)) for i in range(30)]
+    rows += [pref(f"S{i}", words(9), words(10)) for i in range(10)]
     frame = prefs(*rows)
     dropped = lambda f, seed: set(LengthFilter({"seed": seed}).run(f).rejected["source_id"])  # noqa: E731
     first = dropped(frame, 0)
