@@ -122,6 +122,27 @@ def test_a_save_to_disk_folder_is_ingested(shared_data, tmp_path):
     assert pl.read_parquet(out / "data")["prompt"].to_list() == [r["prompt"] for r in rows]
 
 
+def test_a_hub_layout_folder_and_an_hf_id_are_ingested(shared_data, tmp_path, monkeypatch):
+    """A Hub-layout repository (data/train-*.parquet of Alpaca records, not alignmix rows) by folder and by
+    hf:<id> (a local path: tests have no network)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    repo = tmp_path / "alpaca_repo"
+    (repo / "data").mkdir(parents=True)
+    records = orjson.loads((shared_data / "llama_factory/alpaca_en_demo.json").read_bytes())[:300]
+    pq.write_table(pa.Table.from_pylist(records), repo / "data/train-00000-of-00001.parquet")
+    for source, out in ((repo, tmp_path / "by_folder"), (f"hf:{repo}:train", tmp_path / "by_id")):
+        result = run("dedup", source, "--out", out, "--exact-only")
+        assert result.exit_code == 0, result.output
+        ingest = stats(out, "ingest-alpaca_repo")
+        assert (ingest["format"], ingest["rows_in"], ingest["rows_kept"]) == ("alpaca", 300, 299)
+        assert ingest["dropped"] == {"duplicate_content": 1}
+    assert pl.read_parquet(tmp_path / "by_id/rejected/ingest-alpaca_repo.parquet")["file"].to_list() == [f"hf:{repo}:train"]
+
+
 def test_a_parquet_file_alignmix_wrote_is_read_as_it_is(shared_data, tmp_path):
     first = tmp_path / "first"
     assert run("dedup", shared_data / "ultrafeedback/eval_clean.jsonl", "--out", first).exit_code == 0

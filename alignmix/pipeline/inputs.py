@@ -61,6 +61,8 @@ class InputRows:
         dropped = ", ".join(f"{reason} {n}" for reason, n in s["dropped"].items()) or "none"
         line = (f"read {self.source} (format {s['format']}, {s['kind']} rows): {s['rows_in']} in, "
                 f"{s['rows_kept']} kept, rejected: {dropped}")
+        if s.get("resumed"):
+            line += " (ingested in an earlier run)"
         return line + (f" -> {self.folder / s['rejected']}" if self.folder is not None and s["dropped"] else "")
 
 
