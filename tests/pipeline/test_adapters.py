@@ -247,3 +247,72 @@ def test_meta_keeps_values_json_cannot_hold_as_text():
     rec = {"instruction": "a", "output": "b", "blob": b"\x00\x01", "price": Decimal("1.5")}
     row = get_adapter("alpaca").convert(rec, source="s", source_id="0")[0]
     assert orjson.loads(row["meta"]) == {"blob": "b'\\x00\\x01'", "price": "1.5"}
+
+
+# --- prompt rows: records without an answer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "fmt", "turns"),
+    [
+        ({"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}]}, "sharegpt",
+         [("system", "Be brief."), ("user", "Hi")]),
+        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                       {"role": "user", "content": "And you?"}]}, "openai",
+         [("user", "Hi"), ("assistant", "Hello"), ("user", "And you?")]),  # a multi-turn prompt
+        ({"instruction": "Sum these.", "input": "2, 3", "output": ""}, "alpaca", [("user", "Sum these.\n\n2, 3")]),
+        ({"instruction": "Sum these.", "input": "2, 3"}, "prompts", [("user", "Sum these.\n\n2, 3")]),
+        ({"prompt": "Write a haiku.", "system": "Be poetic."}, "prompts", [("system", "Be poetic."), ("user", "Write a haiku.")]),
+        ({"prompt": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}, "prompts",
+         [("system", "Be brief."), ("user", "Hi")]),  # TRL's conversational prompt-only form
+        ({"question": "Why is the sea salty?", "id": 3}, "prompts", [("user", "Why is the sea salty?")]),
+        ({"turns": ["Plan a trip.", "Now make it cheaper."]}, "prompts", [("user", "Plan a trip.")]),
+    ],
+)
+def test_records_without_an_answer_become_prompt_rows(record, fmt, turns):
+    adapter = detect_format(record)
+    assert adapter.name == fmt and "prompt" in adapter.kinds
+    row = adapter.convert(record, source="s", source_id="0", kind="prompt")[0]
+    assert [(m["role"], m["content"]) for m in row["messages"]] == turns
+
+
+@pytest.mark.parametrize(
+    ("fmt", "record", "reason", "field"),
+    [
+        ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+         "not_ending_with_user", "messages"),
+        ("sharegpt", {"conversations": [{"from": "system", "value": "Be kind."}]}, "not_ending_with_user", "messages"),
+        ("openai", {"messages": [{"role": "user", "content": " "}]}, "empty_turn", "messages[0].content"),
+        ("alpaca", {"instruction": "do", "output": "done"}, "not_ending_with_user", "messages"),
+        ("prompts", {"turns": []}, "empty_turn", "turns"),
+        ("prompts", {"turns": ["a", 3]}, "bad_type", "turns[1]"),
+        ("prompts", {"prompt": "  "}, "empty_turn", "messages[0].content"),
+        ("prompts", {"prompt": None, "id": 1}, "missing_field", "prompt"),
+    ],
+)
+def test_each_prompt_rule_has_its_reason_and_field(fmt, record, reason, field):
+    with pytest.raises(RowError) as err:
+        get_adapter(fmt).convert(record, source="s", source_id="0", kind="prompt")
+    assert (err.value.reason, err.value.field) == (reason, field)
+
+
+def test_prompt_list_detection_leaves_answered_records_alone(shared_data):
+    eval_lines = {
+        "evals/arena_hard_v0.1_question.jsonl": "prompts", "evals/ifeval_input_data.jsonl": "prompts",
+        "evals/mt_bench_question.jsonl": "prompts", "evals/gsm8k_test.jsonl": None,  # question + answer: not a prompt list
+    }
+    for file, fmt in eval_lines.items():
+        record = json.loads((shared_data / file).open(encoding="utf-8").readline())
+        if fmt is None:
+            with pytest.raises(UnknownFormat):
+                detect_format(record)
+        else:
+            assert detect_format(record).name == fmt
+    alpaca_eval = json.loads((shared_data / "evals/alpaca_eval_text_davinci_003_outputs.json").read_text("utf-8"))[0]
+    assert detect_format(alpaca_eval).name == "prompts"  # instruction + output + generator: the output is a model's
+    assert detect_format({"instruction": "a", "output": "b"}).name == "alpaca"
+    with pytest.raises(UnknownFormat):  # TRL's prompt-completion form carries an answer: not a prompt list
+        detect_format({"prompt": "a", "completion": "b"})
+    with pytest.raises(ValueError, match="format 'pairs' gives preference rows, not prompt"):
+        get_adapter("pairs").convert({"prompt": "p", "chosen": "c", "rejected": "r"}, source="s", source_id="0",
+                                     kind="prompt")
