@@ -177,13 +177,16 @@ def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
     return curate_recipe(recipe, part_dirs, score=_score_on_tasks, sketch=_sketch_on_tasks, log=print)
 
 
-@flow(name="train-sft")
+# log_prints=False, even under a parent flow that logs prints: `datasets` hashes TRL's map functions with dill,
+# whose `nestedglobals` reads `dis.dis` output from a captured stdout. Prefect's print patch sends that output
+# to the run log instead (hundreds of LOAD_FAST lines per function) and dill then finds no globals at all.
+@flow(name="train-sft", log_prints=False)
 def train_sft_flow(recipe: str) -> dict[str, Any] | None:
     """SFT on the recipe's built mix, with the recipe's `training.sft` settings."""
     return _train(resolve_recipe(recipe), "sft")
 
 
-@flow(name="train-dpo")
+@flow(name="train-dpo", log_prints=False)
 def train_dpo_flow(recipe: str) -> dict[str, Any] | None:
     """DPO on the recipe's built mix, with the recipe's `training.dpo` settings."""
     return _train(resolve_recipe(recipe), "dpo")
