@@ -15,6 +15,16 @@ The reference set pools every pair any system proposes plus every planted pair (
 are 5e9, too many to compare), so recall is measured against the true pairs that pool contains.
 
     .venv/bin/python bench/dedup.py [--docs 100000] [--threshold 0.8] [--repeat 3]
+
+End to end (`--end-to-end`): what a user waits for. A JSONL of real prompts (ShareGPT first turns, Alpaca,
+AlpacaEval, Arena-Hard, GSM8K, IFEval, MT-Bench, UltraFeedback, Self-Instruct, LLaMA-Factory DPO prompts),
+each copied several times with one word changed, is written to a temporary folder; then `alignmix dedup FILE
+--out DIR` (reading and ingest included) and `bench/dedup_datasketch.py FILE` (orjson, `MinHash.bulk`,
+`MinHashLSH` query + insert at the same threshold and permutations) run as subprocesses, imports and Python
+start-up included, alternating, best wall clock of each. The report gives both, their ratio, the load, and
+how far the two agree on which lines are duplicates.
+
+    .venv/bin/python bench/dedup.py --end-to-end [--docs 160000] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ import os
 import platform
 import random
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import unicodedata
 from pathlib import Path
@@ -175,14 +187,114 @@ def true_pairs(docs: list[str], pool: set[tuple[int, int]], threshold: float) ->
     return out
 
 
+def real_prompts() -> list[str]:
+    """Distinct real prompts (user requests) from ../shared/data, in a fixed order."""
+    out: list[str] = []
+    for r in orjson.loads((DATA / "prompts" / "sharegpt_first_turns_2978.json").read_bytes()):
+        out.append(r["conversations"][0]["value"])
+    for r in orjson.loads((DATA / "llama_factory" / "alpaca_en_demo.json").read_bytes()):
+        out.append((r["instruction"] + "\n" + r["input"]).strip())
+    for r in orjson.loads((DATA / "llama_factory" / "dpo_en_demo.json").read_bytes()):
+        out.append(r["conversations"][0]["value"])
+    for r in orjson.loads((DATA / "evals" / "alpaca_eval_text_davinci_003_outputs.json").read_bytes()):
+        out.append(r["instruction"])
+    for name in ("arena_hard_v0.1_question.jsonl", "arena_hard_v2.0_question.jsonl", "ifeval_input_data.jsonl"):
+        out += [r["prompt"] for r in _jsonl(DATA / "evals" / name)]
+    out += [r["question"] for r in _jsonl(DATA / "evals" / "gsm8k_test.jsonl")]
+    out += [r["turns"][0] for r in _jsonl(DATA / "evals" / "mt_bench_question.jsonl")]
+    out += [r["prompt"] for r in _jsonl(DATA / "ultrafeedback" / "eval_clean.jsonl")]
+    out += [r["instruction"] for r in _jsonl(DATA / "self_instruct" / "seed_tasks.jsonl")]
+    seen: set[str] = set()
+    return [p for p in out if p.strip() and not (p in seen or seen.add(p))]
+
+
+def write_prompt_corpus(path: Path, n_docs: int, seed: int = 0) -> dict:
+    """A JSONL of n_docs `{"prompt": ...}` records: every real prompt once, then copies with one word replaced
+    (by a word of another prompt) until n_docs, shuffled. Returns what was written."""
+    rng = random.Random(seed)
+    bases = real_prompts()
+    vocab = sorted({w for p in bases[:3000] for w in p.split() if w.isalpha()})
+    docs = list(bases)
+    while len(docs) < n_docs:
+        words = bases[rng.randrange(len(bases))].split(" ")
+        words[rng.randrange(len(words))] = rng.choice(vocab)
+        docs.append(" ".join(words))
+    docs = docs[:n_docs]
+    rng.shuffle(docs)
+    with path.open("wb") as f:
+        for d in docs:
+            f.write(orjson.dumps({"prompt": d}) + b"\n")
+    return {"documents": len(docs), "distinct_prompts": len(bases), "bytes": path.stat().st_size,
+            "mean_words_per_document": round(float(np.mean([len(d.split()) for d in docs])), 1)}
+
+
+def alignmix_duplicate_lines(out: Path, n_docs: int) -> set[int]:
+    """Lines (0-based) of the corpus that `alignmix dedup` did not keep: repeated content (ingest), exact and
+    near duplicates. Other rejections (an empty prompt) are not duplicates."""
+    import polars as pl
+
+    kept = set(int(i) for i in pl.read_parquet(out / "data" / "*.parquet", columns=["source_id"])["source_id"])
+    not_dup = set()
+    for f in (out / "rejected").glob("ingest-*.parquet"):
+        rej = pl.read_parquet(f, columns=["record", "drop_reason"])
+        not_dup |= set(rej.filter(pl.col("drop_reason") != "duplicate_content")["record"].to_list())
+    return set(range(n_docs)) - kept - not_dup
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def end_to_end(n_docs: int, threshold: float, repeat: int, seed: int) -> dict:
+    """`alignmix dedup FILE` against plain datasketch on the same JSONL, both as subprocesses, best of `repeat`."""
+    with tempfile.TemporaryDirectory(prefix="alignmix-dedup-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        corpus = tmp_dir / "prompts.jsonl"
+        written = write_prompt_corpus(corpus, n_docs, seed)
+        ours_cmd = [str(Path(sys.executable).parent / "alignmix"), "dedup", str(corpus), "--threshold", str(threshold)]
+        base_cmd = [sys.executable, str(ROOT / "bench" / "dedup_datasketch.py"), str(corpus),
+                    "--threshold", str(threshold), "--dups", str(tmp_dir / "datasketch-dups.json")]
+        load_before = os.getloadavg()
+        times: dict[str, list[float]] = {"alignmix": [], "datasketch": []}
+        for r in range(repeat):
+            out = tmp_dir / f"out-{r}"  # a fresh folder each time: nothing resumed from an earlier round
+            times["alignmix"].append(_timed([*ours_cmd, "--out", str(out)]))
+            times["datasketch"].append(_timed(base_cmd))
+        load_after = os.getloadavg()
+        ours = alignmix_duplicate_lines(tmp_dir / "out-0", written["documents"])
+        theirs = set(orjson.loads((tmp_dir / "datasketch-dups.json").read_bytes()))
+    best = {k: min(v) for k, v in times.items()}
+    union = ours | theirs
+    return {
+        "benchmark": "dedup end to end: raw JSONL in, duplicates out, Python start-up and imports included",
+        "corpus": {**written, "threshold": threshold, "num_perm": 128, "ngram": 5},
+        "commands": {"alignmix": "alignmix dedup prompts.jsonl --out DIR",
+                     "datasketch": "python bench/dedup_datasketch.py prompts.jsonl"},
+        "timing": f"best of {repeat} alternating rounds, wall clock of each subprocess",
+        "seconds": {k: round(v, 3) for k, v in best.items()},
+        "all_seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "speedup_alignmix_vs_datasketch": round(best["datasketch"] / best["alignmix"], 2),
+        "duplicates": {"alignmix": len(ours), "datasketch": len(theirs), "both": len(ours & theirs),
+                       "agreement": round(len(ours & theirs) / len(union), 4) if union else 1.0},
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--end-to-end", action="store_true", help="alignmix dedup FILE against datasketch, as subprocesses")
+    ap.add_argument("--docs", type=int, default=None, help="documents (default 100,000; end to end 160,000)")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="rounds; each system's best time is reported")
     args = ap.parse_args()
-    docs, planted = build_corpus(args.docs, args.seed)
+    if args.end_to_end:
+        print(json.dumps(end_to_end(args.docs or 160_000, args.threshold, args.repeat, args.seed), indent=2))
+        return
+    docs, planted = build_corpus(args.docs or 100_000, args.seed)
     # Warm-up on a small slice, so one-time imports and datasketch's parameter search are not timed.
     for run in (run_alignmix, run_datasketch, run_rensa):
         run(docs[:500], args.threshold)

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+import polars as pl
 
 from alignmix.filters.minhash import Sketch
 
@@ -22,6 +23,10 @@ Verify = Literal["exact", "signature", "none"]
 # 32 documents, and a chain (still one connected cluster) in bigger ones, so a bucket of 10,000 exact copies
 # costs 31 pairs per document instead of 50 million.
 MAX_BUCKET_PAIRS = 32
+# Errors this close are ties for `optimal_params`: datasketch's quad integrals (accurate to about 1e-14 on these
+# polynomials) break them. The closest non-degenerate pair seen on a grid of thresholds, permutations and
+# weights differs by 1e-13, the next by 9e-11.
+_TIE = 1e-8
 
 
 @lru_cache(maxsize=64)
@@ -29,14 +34,53 @@ def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float]
     """Bands and rows for a Jaccard threshold, by datasketch's own optimization (the weighted false-positive and
     false-negative areas under the LSH S-curve), so the index behaves as `MinHashLSH(threshold, num_perm)`.
 
+    datasketch's `_optimal_param` integrates each (bands, rows) with scipy's `quad` (about 0.8 s, and importing
+    scipy costs more). The integrands are polynomials of degree bands * rows <= num_perm, which Gauss-Legendre
+    quadrature with num_perm // 2 + 1 nodes (here 8 more) integrates exactly: here all of them at once, in milliseconds,
+    and the same choice (checked against datasketch on a grid of thresholds, permutations and weights).
+
     >>> optimal_params(0.8, 128)
     (9, 13)
+    >>> optimal_params(0.8, 128, (0.02, 0.98))
+    (17, 7)
     """
-    from datasketch.lsh import _optimal_param
-
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    return tuple(_optimal_param(threshold, num_perm, *weights))  # type: ignore[return-value]
+    if num_perm < 1:
+        raise ValueError(f"num_perm must be at least 1, got {num_perm}")
+    fp_weight, fn_weight = weights
+    b, r = _band_grid(num_perm)
+    nodes, node_weights = np.polynomial.legendre.leggauss(num_perm // 2 + 8)
+    # Nodes mapped onto [0, t] (false positives: candidates below the threshold) and [t, 1] (false negatives).
+    s_fp = (nodes + 1.0) * (threshold / 2.0)
+    s_fn = threshold + (nodes + 1.0) * ((1.0 - threshold) / 2.0)
+    miss_fp = (1.0 - s_fp[None, :] ** r[:, None]) ** b[:, None]  # chance a pair is not a candidate
+    miss_fn = (1.0 - s_fn[None, :] ** r[:, None]) ** b[:, None]
+    fp = (1.0 - miss_fp) @ node_weights * (threshold / 2.0)
+    fn = miss_fn @ node_weights * ((1.0 - threshold) / 2.0)
+    error = fp * fp_weight + fn * fn_weight
+    near = np.flatnonzero(error - error.min() <= _TIE)
+    if len(near) == 1:
+        return int(b[near[0]]), int(r[near[0]])
+    # Near ties (a weight of 0 flattens the error to rounding noise): datasketch's own integrals decide among
+    # them, in its loop order with its strict `<`; every other choice is worse by far more than quad's error.
+    from datasketch.lsh import _false_negative_probability, _false_positive_probability
+
+    best, best_error = (0, 0), float("inf")
+    for k in near:
+        bk, rk = int(b[k]), int(r[k])
+        e = _false_positive_probability(threshold, bk, rk) * fp_weight + _false_negative_probability(threshold, bk, rk) * fn_weight
+        if e < best_error:
+            best, best_error = (bk, rk), e
+    return best
+
+
+@lru_cache(maxsize=8)
+def _band_grid(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (bands, rows) with bands * rows <= num_perm, in datasketch's loop order."""
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    grid = np.array(pairs, dtype=np.float64)
+    return grid[:, 0], grid[:, 1]
 
 
 def candidate_probability(similarity: float, bands: int, rows: int) -> float:
@@ -85,9 +129,17 @@ def bucket_pairs(keys: np.ndarray, empty: np.ndarray | None = None, max_pairs: i
     return np.sort(pairs, axis=1)
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    # np.unique in numpy 2.x hashes before sorting, which is many times slower than this on large integer arrays.
-    values = np.sort(values)
+def _sorted_unique(values: np.ndarray, runs: bool = False) -> np.ndarray:
+    """The distinct values, sorted. `runs`: the values are long sorted runs of small values under a rising high
+    part (document-major keys), which numpy's stable sort (timsort) merges several times faster than a
+    quicksort; otherwise polars' sort (about 2x numpy's on large integer arrays, the same result).
+
+    np.unique in numpy 2.x hashes before sorting, which is many times slower than this on large integer arrays.
+    """
+    if runs or len(values) < 100_000:
+        values = np.sort(values, kind="stable" if runs else None)
+    else:
+        values = pl.Series(values).sort().to_numpy()
     if len(values) < 2:
         return values
     return values[np.concatenate(([True], values[1:] != values[:-1]))]
@@ -110,7 +162,7 @@ def _sorted_sets(sk: Sketch, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lens = sk.offsets[docs + 1] - sk.offsets[docs]
     doc = np.repeat(np.arange(n, dtype=np.int64), lens)
     key = (doc.astype(np.uint64) << np.uint64(32)) | sk.hashes[_ranges(sk.offsets[docs], lens)].astype(np.uint64)
-    key = _sorted_unique(key)
+    key = _sorted_unique(key, runs=True)
     doc = (key >> np.uint64(32)).astype(np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(doc, minlength=n), out=offsets[1:])
@@ -124,32 +176,104 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return base + np.arange(total, dtype=np.int64)
 
 
-def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 4_000_000) -> np.ndarray:
-    """Jaccard similarity of the shingle-hash sets of each pair, computed for all pairs with sorts, no loop per pair."""
+def _chunks(work: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Consecutive [lo, hi) ranges of items whose `work` sums to about `chunk` each (at least one item)."""
+    if len(work) == 0:
+        return []
+    cum = np.cumsum(work)
+    bounds = np.searchsorted(cum, np.arange(chunk, int(cum[-1]) + chunk, chunk), side="right")
+    edges = np.unique(np.concatenate(([0], bounds, [len(work)])))
+    edges = edges[edges <= len(work)]
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def _in_other(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    """For each k, whether each element of set a[k] is in set b[k]: one flag per element of the sets a[k],
+    concatenated in k order. Sets are sorted runs `values[offsets[d]:offsets[d+1]]`.
+
+    Each set is tagged with k in the high 32 bits, so all a-sets and all b-sets of a chunk form two sorted
+    arrays, and one `searchsorted` of the first into the second (sorted queries: a walk, not random probes)
+    answers every membership at once.
+    """
+    la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
+    flags = np.zeros(int(la.sum()), dtype=bool)
+    at = 0
+    for lo, hi in _chunks(la + lb, chunk):
+        tag = np.arange(hi - lo, dtype=np.uint64) << np.uint64(32)
+        query = np.repeat(tag, la[lo:hi]) | values[_ranges(offsets[a[lo:hi]], la[lo:hi])]
+        target = np.repeat(tag, lb[lo:hi]) | values[_ranges(offsets[b[lo:hi]], lb[lo:hi])]
+        if len(target):
+            pos = np.minimum(np.searchsorted(target, query), len(target) - 1)
+            flags[at : at + len(query)] = target[pos] == query
+        at += len(query)
+    return flags
+
+
+def _intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    """|set a[k] ∩ set b[k]| for each k (sets as in `_in_other`), probing the smaller set of each pair."""
+    la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
+    swap = la > lb
+    small, large = np.where(swap, b, a), np.where(swap, a, b)
+    flags = _in_other(values, offsets, small, large, chunk)
+    owner = np.repeat(np.arange(len(a), dtype=np.int64), np.minimum(la, lb))
+    return np.bincount(owner[flags], minlength=len(a))
+
+
+def _subset(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The elements of sets[k] where `keep` (flags as `_in_other` gives them) holds, as sorted runs with offsets."""
+    lens = offsets[sets + 1] - offsets[sets]
+    owner = np.repeat(np.arange(len(sets), dtype=np.int64), lens)
+    out = np.zeros(len(sets) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[keep], minlength=len(sets)), out=out[1:])
+    return values[_ranges(offsets[sets], lens)][keep], out
+
+
+def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.ndarray:
+    """Jaccard similarity of the shingle-hash sets of each pair, computed for all pairs with array steps, no loop
+    per pair.
+
+    Candidate pairs come in groups of near copies, so most pairs are computed from differences: every document
+    is compared once with a reference (the first document of its connected group of candidates), keeping what
+    the reference has that it lacks (D) and what it has beyond the reference (X). For two documents i, j of a
+    group with reference r, |A_i ∩ A_j| = |A_r| - |D_i| - |D_j| + |D_i ∩ D_j| + |X_i ∩ X_j|, where the D and X
+    of near copies hold a few shingles each instead of hundreds. A pair whose differences are no smaller than
+    its own sets is intersected directly. Either way the counts are exact, so the similarities are the same.
+
+        >>> sk = Sketch(np.zeros((3, 1), np.uint32), np.array([1, 2, 3, 1, 2, 4, 1, 2, 3], np.uint32),
+        ...             np.array([0, 3, 6, 9]))
+        >>> exact_jaccard(np.array([[0, 1], [0, 2], [1, 2]]), sk).tolist()
+        [0.5, 1.0, 0.5]
+    """
     sims = np.zeros(len(pairs), dtype=np.float64)
     if len(pairs) == 0:
         return sims
     docs = _sorted_unique(pairs.ravel())
     values, offsets = _sorted_sets(sk, docs)
+    values = values.astype(np.uint64)  # tagged in place of a copy per chunk (see `_in_other`)
     lens = np.diff(offsets)
     i, j = np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1])
-    work = lens[i] + lens[j]
-    # Chunks of pairs, about `chunk` set elements each.
-    bounds = np.searchsorted(np.cumsum(work), np.arange(chunk, int(work.sum()) + chunk, chunk), side="right")
-    lo = 0
-    for hi in np.unique(np.append(bounds, len(pairs))):
-        if hi <= lo:
-            continue
-        k = np.arange(lo, hi, dtype=np.int64)
-        li, lj = lens[i[k]], lens[j[k]]
-        tag = np.concatenate([np.repeat(k - lo, li), np.repeat(k - lo, lj)]).astype(np.uint64)
-        vals = np.concatenate([values[_ranges(offsets[i[k]], li)], values[_ranges(offsets[j[k]], lj)]])
-        merged = np.sort((tag << np.uint64(32)) | vals.astype(np.uint64))
-        dup = merged[1:] == merged[:-1]
-        inter = np.bincount((merged[1:][dup] >> np.uint64(32)).astype(np.int64), minlength=hi - lo)
-        union = li + lj - inter
-        sims[lo:hi] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-        lo = hi
+    ref = clusters(len(docs), np.stack([i, j], axis=1))  # local indices: each group's first document
+    # D and X of every document that is not its group's reference (a reference's are empty).
+    moved = np.flatnonzero(ref != np.arange(len(docs)))
+    extra_vals, extra_off = _subset(values, offsets, moved, ~_in_other(values, offsets, moved, ref[moved], chunk))
+    lost_vals, lost_off = _subset(values, offsets, ref[moved], ~_in_other(values, offsets, ref[moved], moved, chunk))
+    slot = np.full(len(docs), len(moved), dtype=np.int64)  # a reference points at an empty run past the end
+    slot[moved] = np.arange(len(moved))
+    extra_off = np.append(extra_off, extra_off[-1])
+    lost_off = np.append(lost_off, lost_off[-1])
+    n_extra, n_lost = np.diff(extra_off), np.diff(lost_off)
+    si, sj = slot[i], slot[j]
+    by_diff = (n_extra[si] + n_extra[sj] + n_lost[si] + n_lost[sj]) < (lens[i] + lens[j])
+    inter = np.zeros(len(pairs), dtype=np.int64)
+    d, k = np.flatnonzero(by_diff), np.flatnonzero(~by_diff)
+    inter[d] = (
+        lens[ref[i[d]]] - n_lost[si[d]] - n_lost[sj[d]]
+        + _intersection_sizes(lost_vals, lost_off, si[d], sj[d], chunk)
+        + _intersection_sizes(extra_vals, extra_off, si[d], sj[d], chunk)
+    )
+    inter[k] = _intersection_sizes(values, offsets, i[k], j[k], chunk)
+    union = lens[i] + lens[j] - inter
+    sims[:] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     return sims
 
 

@@ -116,12 +116,16 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's permutation parameters `(a, b)` (uint32) for `num_perm` and `seed`, read from datasketch."""
-    from datasketch import MinHash
+    """datasketch's permutation parameters `(a, b)` (uint32) for `num_perm` and `seed`.
 
-    m = MinHash(num_perm=num_perm, seed=seed, scheme="affine32")
-    a, b = m.permutations
-    return np.ascontiguousarray(a, dtype=np.uint32), np.ascontiguousarray(b, dtype=np.uint32)
+    Drawn as `datasketch.MinHash(scheme="affine32")._init_permutations` draws them (odd `a`, any `b`, from
+    `np.random.RandomState(seed)`), without importing datasketch, whose package import pulls in scipy (about
+    a second); tests/filters/test_minhash.py checks them against datasketch's own.
+    """
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return np.ascontiguousarray(a), np.ascontiguousarray(b)
 
 
 # A word's hash is a polynomial over its bytes, each byte first replaced by a random 32-bit value:
