@@ -113,7 +113,7 @@ def build_preferences(
 ) -> dict[str, Any]:
     """The recipe's `preferences` section: responses, judge and binarization into `out_dir`, each resumable.
 
-    `prompts`: a directory alignmix wrote (SFT or preference rows), a polars frame of such rows or with a
+    `prompts`: a directory alignmix wrote (prompt, SFT or preference rows), a polars frame of such rows or with a
     `prompt` column, or a list of strings. Returns {"responses": stats, "judge": stats, "binarize": stats}."""
     cfg = spec if isinstance(spec, PreferencesConfig) else PreferencesConfig.model_validate(spec)
     responses = generate_responses(prompts, cfg, out_dir, progress=progress, write_data=False)

@@ -1,7 +1,8 @@
 """N responses per prompt, varied by temperature, system prompt or model (one `Responder` each).
 
-Prompts come from SFT rows (the conversation up to its last user turn), preference rows (the chosen
-conversation minus its answer), a frame with a `prompt` column, or plain strings. Each response is written as an
+Prompts come from prompt rows (their whole conversation, which ends with the user turn to answer), SFT rows
+(the conversation up to its last user turn), preference rows (the chosen conversation minus its answer), a frame
+with a `prompt` column, or plain strings. Each response is written as an
 SFT row (prompt turns + the answer) whose meta records `prompt_id`, `response_index`, the responder, the model,
 the sampling parameters, the seed and the finish reason; `judge` groups them back by `prompt_id`.
 
@@ -40,8 +41,10 @@ def _prompt_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def load_prompts(source: Any, limit: int | None = None) -> pl.DataFrame:
-    """Prompts as a frame (prompt_id, prompt, messages): from a directory alignmix wrote, a frame or a list of
-    strings. `prompt_id` is a hash of the prompt conversation, so the same prompt has the same id everywhere."""
+    """Prompts as a frame (prompt_id, prompt, messages): from a directory alignmix wrote (prompt, SFT or preference
+    rows; prompt and SFT rows may be mixed), a frame or a list of strings. `prompt_id` is a hash of the prompt
+    conversation alone, so the same prompt has the same id everywhere (a prompt row's own `id` also hashes its
+    kind, so the two differ)."""
     if isinstance(source, (str, Path)):  # rows alignmix wrote as they are, any other file through ingest
         from alignmix.pipeline.inputs import read_input
 
