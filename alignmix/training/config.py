@@ -46,8 +46,8 @@ class TrainConfig(_Strict):
 
     model: str = Field("default", description="'default' (SmolLM2-135M-Instruct), a Hub id, or a local folder")
     quantize: Literal["auto", "none", "4bit"] = Field(
-        "auto", description="'4bit': QLoRA (bitsandbytes NF4, double quant, bf16 compute, CUDA only); "
-        "'auto': 4bit when CUDA is available, else none"
+        "auto", description="'4bit': QLoRA (bitsandbytes NF4, double quant; bf16 compute on GPU, on CPU bf16 where "
+        "it has bf16 instructions, else float32); 'auto': 4bit when CUDA is available, else none"
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="the LoRA adapter")
     learning_rate: float = Field(2e-4, gt=0, description="peak AdamW learning rate")

@@ -1,7 +1,10 @@
-"""Loading the policy (full precision on CPU, bf16 or 4-bit NF4 on CUDA), the LoRA config, the reference
-(the same model with its adapter disabled), sequence log-probabilities, and merging an adapter.
+"""Loading the policy (full precision on CPU, bf16 on CUDA, or 4-bit NF4 on either), the LoRA config, the
+reference (the same model with its adapter disabled), sequence log-probabilities, and merging an adapter.
 
-bitsandbytes is imported only when 4-bit is asked for, and only CUDA machines have it.
+4-bit (QLoRA) runs wherever bitsandbytes does: on CUDA with bf16 compute, and since bitsandbytes 0.48 on CPU,
+with bf16 compute where the CPU has bf16 instructions and float32 where it has not. Measured on this project's
+2-core CI machine (AVX512-BF16), SmolLM2-135M, NF4 + double quant, LoRA on all linear layers, 2 x 96 tokens:
+forward + backward took 3.4 s with bf16 compute against 20.6 s with float32 (`compute_dtype(four_bit=True)`).
 """
 
 from __future__ import annotations
@@ -20,21 +23,29 @@ from alignmix.training.config import LoraSettings, TrainConfig
 
 
 def wants_4bit(config: TrainConfig) -> bool:
-    if config.quantize == "4bit":
-        if not torch.cuda.is_available():
-            raise RuntimeError("quantize=4bit (QLoRA) needs a CUDA GPU; use quantize=none (LoRA) on this machine")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise RuntimeError("quantize=4bit needs bitsandbytes: pip install 'alignmix[cuda]'")
-        return True
+    """`quantize=4bit`: yes, on CUDA or CPU. `auto`: on CUDA only (on a CPU, 4-bit saves memory a small model
+    does not need and costs time: each matmul dequantizes first)."""
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if config.quantize == "4bit":
+        if not has_bnb:
+            raise RuntimeError("quantize=4bit needs bitsandbytes (an alignmix dependency): pip install bitsandbytes")
+        return True
     return config.quantize == "auto" and torch.cuda.is_available() and has_bnb
 
 
-def compute_dtype() -> torch.dtype:
-    """bf16 on a GPU that has it, float32 on CPU (CPU bf16 matmuls are slow and lossy for a 135M model)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+def compute_dtype(four_bit: bool = False) -> torch.dtype:
+    """bf16 on a GPU that has it. On CPU, float32 (CPU bf16 matmuls are slow and lossy for a 135M model),
+    except for 4-bit layers on a CPU with bf16 instructions, whose bf16 dequantize-and-matmul is ~6x faster."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if four_bit and torch.cpu._is_avx512_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def device_map() -> dict[str, Any] | str:
+    """Where `from_pretrained` puts the weights: the current GPU, or the CPU (bitsandbytes quantizes there too)."""
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
 
 
 def adapter_base(folder: str | Path) -> str | None:
@@ -70,8 +81,10 @@ def load_policy(config: TrainConfig, work_dir: str | Path) -> tuple[Any, Any, st
         if not (merged / "config.json").exists():
             merge_adapter(path, merged)
         path = str(merged)
-    kwargs: dict[str, Any] = {"dtype": compute_dtype()}
     four_bit = wants_4bit(config)
+    kwargs: dict[str, Any] = {"dtype": compute_dtype(four_bit)}
+    if four_bit or torch.cuda.is_available():
+        kwargs["device_map"] = device_map()
     if four_bit:
         from transformers import BitsAndBytesConfig
 
@@ -79,11 +92,8 @@ def load_policy(config: TrainConfig, work_dir: str | Path) -> tuple[Any, Any, st
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute_dtype(four_bit),
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    elif torch.cuda.is_available():
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if four_bit:
         from peft import prepare_model_for_kbit_training

@@ -82,7 +82,8 @@ def trainer_kwargs(config: TrainConfig, layout: Layout) -> dict[str, Any]:
         "report_to": "none",
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
-        "optim": "paged_adamw_8bit" if wants_4bit(config) else "adamw_torch",
+        # bitsandbytes' paged optimizer pages through CUDA unified memory: GPU only.
+        "optim": "paged_adamw_8bit" if wants_4bit(config) and torch.cuda.is_available() else "adamw_torch",
     }
 
 
