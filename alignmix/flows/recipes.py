@@ -12,7 +12,9 @@ from pydantic import ValidationError
 
 from alignmix.pipeline.recipe import Recipe, RecipeError, format_validation_error, load_recipe
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The bundled recipes ship inside the package (package data), so `demo` resolves in a wheel install too; the
+# checkout's top-level recipes/ is a link to this folder, for `alignmix build recipes/demo.yaml`.
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def resolve_recipe(ref: str | dict) -> Recipe:
