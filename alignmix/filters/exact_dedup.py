@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import Field
 
 from alignmix.filters.lsh import keep_per_cluster
-from alignmix.filters.normalize import TextField, normalized, text_expr
+from alignmix.filters.normalize import TextField, normalized_series, text_expr
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, decide, histogram, keep_all
 
@@ -63,8 +63,8 @@ class ExactDedup(Stage[ExactDedupConfig]):
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         cfg = self.config
-        key = normalized(text_expr(cfg.field, row_kind(frame)))
-        work = frame.select(key.alias("k")).with_row_index("pos")
+        key = normalized_series(frame.select(text_expr(cfg.field, row_kind(frame))).to_series())
+        work = key.alias("k").to_frame().with_row_index("pos")
         # Empty text is never a duplicate of other empty text: it gets its own group.
         root_expr = pl.when(pl.col("k") == "").then(pl.col("pos")).otherwise(pl.col("pos").min().over("k"))
         root = work.select(root_expr.cast(pl.Int64)).to_series().to_numpy()

@@ -125,8 +125,12 @@ def bucket_pairs(keys: np.ndarray, empty: np.ndarray | None = None, max_pairs: i
         out.append(np.stack([order[:-d][same], order[d:][same]], axis=1))
     if not out:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(out)
-    return np.sort(pairs, axis=1)
+    return _ordered(np.concatenate(out))
+
+
+def _ordered(pairs: np.ndarray) -> np.ndarray:
+    """Each pair as (smaller, larger): `np.sort(pairs, axis=1)`, without a sort call per two-element row."""
+    return np.stack([np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])], axis=1)
 
 
 def _sorted_unique(values: np.ndarray, runs: bool = False) -> np.ndarray:
@@ -149,7 +153,7 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
     """Distinct (i, j) rows with i < j, sorted: the merge of all bands' pairs."""
     if len(pairs) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.sort(pairs, axis=1)
+    pairs = _ordered(pairs)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     code = _sorted_unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
     return np.stack([(code >> np.uint64(32)).astype(np.int64), (code & np.uint64(0xFFFFFFFF)).astype(np.int64)], axis=1)

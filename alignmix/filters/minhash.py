@@ -212,13 +212,15 @@ def _token_hashes(prepared: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     is_word = np.zeros(size + 2, dtype=np.int8)
     is_word[1:-1] = _WORD_BYTE[data]
     edge = np.diff(is_word)  # +1 where a word starts, -1 one past where it ends
-    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
-    # A word never runs from one text into the next: split runs that cross a text boundary.
+    is_start, is_end = edge == 1, edge == -1
+    # A word never runs from one text into the next: split runs that cross a text boundary (marked in the masks,
+    # not sorted into the positions: most texts end and begin with a word byte).
     inner = offsets[1:-1]
     cross = inner[(inner > 0) & (inner < size)]
     cross = cross[(is_word[cross] == 1) & (is_word[cross + 1] == 1)]
-    if cross.size:
-        starts, ends = np.sort(np.concatenate([starts, cross])), np.sort(np.concatenate([ends, cross]))
+    is_start[cross] = True
+    is_end[cross] = True
+    starts, ends = np.flatnonzero(is_start), np.flatnonzero(is_end)
     n_words = np.bincount(np.searchsorted(offsets, starts, side="right") - 1, minlength=n).astype(np.int64)
     # sum over a word of BYTE[b_k] * P^-k, times P^(end-1), is sum BYTE[b_k] * P^(end-1-k): the polynomial.
     p, inv = _power_tables(size + 1)
@@ -273,9 +275,13 @@ def shingle_hashes(
     return out, offsets
 
 
-def _sha1_shingle_hashes(lists: pl.Series, ngram: int) -> np.ndarray:
-    from datasketch.hashfunc import sha1_hash32
+def sha1_hash32(data: bytes) -> int:
+    """datasketch's default `hashfunc` (`datasketch.hashfunc.sha1_hash32`: the first 4 bytes of SHA-1, little
+    endian), without importing datasketch (whose package import pulls in scipy)."""
+    return int.from_bytes(hashlib.sha1(data).digest()[:4], "little")
 
+
+def _sha1_shingle_hashes(lists: pl.Series, ngram: int) -> np.ndarray:
     out: list[int] = []
     for w in lists.to_list():
         if not w:
