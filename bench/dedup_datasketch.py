@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--field", default="prompt")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--num-perm", type=int, default=128)
-    ap.add_argument("--dups", help="write the duplicate line numbers (0-based) here, as a JSON list")
+    ap.add_argument("--dups", help="write [duplicate line, the earlier line it matched] pairs (0-based) here, as JSON")
     args = ap.parse_args()
     with open(args.path, "rb") as f:
         texts = [orjson.loads(line)[args.field] for line in f if line.strip()]
@@ -42,8 +42,9 @@ def main() -> None:
     for i, m in enumerate(mhs):
         if not sets[i]:
             continue  # an empty text has no shingles: never a duplicate (as in alignmix)
-        if lsh.query(m):
-            dups.append(i)
+        found = lsh.query(m)
+        if found:
+            dups.append((i, min(found)))
         else:
             lsh.insert(i, m)
     if args.dups:
