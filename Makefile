@@ -61,7 +61,7 @@ bench: setup
 	$(BIN)/python bench/mix.py
 
 bench-vllm: setup-vllm
-	$(VLLM_VENV)/bin/python bench/generate.py --backend vllm
+	$(VLLM_VENV)/bin/python bench/generate.py --backend vllm --prompts 64 --skip-rouge
 
 bench-train: setup
 	$(BIN)/python bench/train.py
