@@ -73,6 +73,9 @@ def load_policy(config: TrainConfig, work_dir: str | Path) -> tuple[Any, Any, st
     its own adapter names a base that exists on disk."""
     from transformers import AutoModelForCausalLM
 
+    from alignmix.synth.backends.base import release_resident
+
+    release_resident()  # a generation engine still loaded in this process (vLLM: its share of the GPU)
     path = resolve_model(config.model)
     if (Path(path) / "adapter" / "adapter_config.json").exists():
         path = str(Path(path) / "adapter")  # an alignmix output folder

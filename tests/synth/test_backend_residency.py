@@ -36,3 +36,15 @@ def test_switching_models_releases_the_previous_one():
     assert first.generate([GREEDY])[0].text == text  # loads again on use, and releases the other
     assert resident_backend() is first and second.lm is None
     assert get_backend({"backend": "transformers", "model": "default", "batch_size": 4}) is first
+
+
+def test_training_releases_the_generation_model_first(tmp_path):
+    from alignmix.training.config import load_config
+    from alignmix.training.modeling import load_policy
+
+    backend = get_backend({"backend": "transformers", "model": "default", "batch_size": 4})
+    backend.generate([GREEDY])
+    assert resident_backend() is backend
+    model, _, _ = load_policy(load_config("sft", overrides=["quantize=none"]), tmp_path)
+    assert resident_backend() is None and backend.lm is None
+    assert sum(p.numel() for p in model.parameters()) > 100_000_000

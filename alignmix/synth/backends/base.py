@@ -175,6 +175,15 @@ def resident_backend() -> LocalModelBackend | None:
     return _resident
 
 
+def release_resident() -> None:
+    """Release the loaded local model, if any: what training calls first, so that a vLLM engine left over from
+    generating or judging does not keep its share of the GPU while the policy trains."""
+    with _RESIDENT_LOCK:
+        if _resident is not None:
+            with _resident._lock:
+                _resident.release()
+
+
 class LocalModelBackend(Backend):
     """A backend that loads the weights in this process (transformers, vLLM): `dtype` and `trust_remote_code`
     settings, and the Hugging Face tokenizer that `load()` puts in `self.tokenizer`, which supplies the chat
