@@ -160,3 +160,84 @@ def test_the_flow_recipe_in_the_module_docstring_equals_score():
     scored = stage.score_clusters(frame, clusters(len(sk), pairs), pairs, sims)
     assert scored.equals(stage.score(frame))
     assert scored["drop_reason"].to_list() == [None, None, "near_duplicate", None, "near_duplicate", None, "near_duplicate"]
+
+
+def test_normalized_series_equals_the_normalized_expression(shared_data):
+    from alignmix.filters.normalize import normalized, normalized_series
+
+    texts = ["a \t b", "\u3000x\u2028y  ", " ", "", None, "a\u00a0\u00a0b", "Ⅻ  ＦＵＬＬ", "a\n", "x\u0085y", "ﬁ ＡＢ"]
+    texts += [r["prompt"] for lang in ("es", "fr", "ja") for r in jsonl(shared_data / "multilingual" / f"{lang}_input_data.jsonl")]
+    texts += [r["chosen"] for r in jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl")]
+    series = pl.Series("t", texts, dtype=pl.String)
+    want = series.to_frame().select(normalized(pl.col("t"))).to_series()
+    got = normalized_series(series)
+    assert got.to_list() == want.to_list()
+    assert got[:10].to_list() == ["a b", "x y", "", "", None, "a b", "xii full", "a", "x y", "fi ab"]
+
+
+# What `alignmix dedup` must never import: the heavy stacks of other commands, and scipy (datasketch's band
+# optimizer) now that the bands are computed without it.
+HEAVY = ("prefect", "torch", "transformers", "matplotlib", "datasets", "scipy", "datasketch", "sklearn")
+
+
+def test_dedup_of_a_raw_jsonl_drops_what_brute_force_finds_and_imports_nothing_heavy(shared_data, tmp_path):
+    """`alignmix dedup FILE` in a fresh interpreter, as a user runs it: real Arena-Hard prompts, each planted
+    again with one word changed, once verbatim (ingest drops repeated content) and once in upper case (exact
+    dedup); the rows kept equal brute force over every pair (exact Jaccard of the same shingles, first row of
+    each connected group kept)."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from alignmix.pipeline.schema import normalize_text
+
+    rng = np.random.default_rng(1)
+    prompts = [r["prompt"] for r in jsonl(shared_data / "evals" / "arena_hard_v0.1_question.jsonl")]
+    bases = [p for p in prompts if len(p.split()) >= 80][:80]  # long enough that one word keeps J above 0.8
+    docs = list(bases)
+    for b in bases[:40]:
+        words = b.split(" ")
+        words[int(rng.integers(len(words)))] = "changed"
+        docs.append(" ".join(words))
+    docs += [bases[0], bases[1].upper()]
+    order = rng.permutation(len(docs))
+    docs = [docs[i] for i in order]
+    src = tmp_path / "prompts.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"prompt": d}) + b"\n" for d in docs))
+    code = ("import sys\nfrom alignmix.cli import app\n"
+            f"sys.argv = ['alignmix', 'dedup', {str(src)!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "heavy: []" in run.stdout, run.stdout
+
+    # Brute force: repeated content, then normalized text, then connected groups of exact Jaccard >= 0.8.
+    first: dict[str, int] = {}
+    alive = []
+    for i, d in enumerate(docs):
+        key = normalize_text(d)
+        if d not in {docs[j] for j in alive} and key not in first:
+            first[key] = i
+            alive.append(i)
+    sets = {i: set(shingles(docs[i], 5)) for i in alive}
+    parent = {i: i for i in alive}
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, i in enumerate(alive):
+        for j in alive[a + 1 :]:
+            if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= 0.8:
+                ri, rj = root(i), root(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    expected = sorted(i for i in alive if root(i) == i)
+    kept = pl.read_parquet(tmp_path / "out" / "data" / "*.parquet")
+    assert sorted(int(s) for s in kept["source_id"]) == expected
+    assert len(expected) == 80  # every planted copy went, no original did
+    stats = {s: orjson.loads((tmp_path / "out" / "stats" / f"{s}.json").read_bytes()) for s in ("exact_dedup", "near_dedup")}
+    assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
+    assert stats["near_dedup"]["dropped"] == {"near_duplicate": 40}

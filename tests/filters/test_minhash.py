@@ -1,5 +1,8 @@
 """MinHash signatures equal datasketch's exactly; the LSH steps against brute-force references."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
@@ -35,9 +38,11 @@ def _datasketch(shingle_list, seed=1, hashfunc=None):
     return m.hashvalues
 
 
-def test_permutations_are_datasketchs():
-    a, b = permutations(128, 7)
-    ref = MinHash(num_perm=128, seed=7).permutations
+@pytest.mark.parametrize("num_perm,seed", [(128, 7), (128, 1), (256, 0), (16, 12345), (1, 2)])
+def test_permutations_are_datasketchs(num_perm, seed):
+    a, b = permutations(num_perm, seed)
+    ref = MinHash(num_perm=num_perm, seed=seed).permutations
+    assert a.dtype == b.dtype == np.uint32
     assert np.array_equal(a, ref[0]) and np.array_equal(b, ref[1])
 
 
@@ -84,6 +89,40 @@ def test_optimal_params_match_datasketch_lsh():
         assert optimal_params(threshold, 128) == (lsh.b, lsh.r)
 
 
+# (threshold, num_perm, weights) where two choices are within 1e-8 (a weight of 0 leaves only rounding noise,
+# and 0.37 / 128 / (0.001, 0.999) has two choices 5e-10 apart): datasketch's own integrals must decide these.
+NEAR_TIES = [(0.8, 64, (0.0, 1.0)), (0.6, 128, (1.0, 0.0)), (0.37, 128, (0.001, 0.999)), (0.5, 32, (1.0, 0.0))]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95])
+def test_optimal_params_equal_datasketchs_optimizer_on_a_grid(threshold):
+    from datasketch.lsh import _optimal_param
+
+    for num_perm in (16, 64, 128):
+        for weights in ((0.5, 0.5), (0.02, 0.98), (0.98, 0.02), (0.1, 0.9)):
+            optimal_params.cache_clear()
+            assert optimal_params(threshold, num_perm, weights) == _optimal_param(threshold, num_perm, *weights), (
+                threshold, num_perm, weights)
+
+
+@pytest.mark.parametrize("threshold,num_perm,weights", NEAR_TIES)
+def test_optimal_params_break_near_ties_as_datasketch(threshold, num_perm, weights):
+    from datasketch.lsh import _optimal_param
+
+    optimal_params.cache_clear()
+    assert optimal_params(threshold, num_perm, weights) == _optimal_param(threshold, num_perm, *weights)
+
+
+def test_band_choice_and_permutations_import_neither_scipy_nor_datasketch():
+    code = ("import sys; from alignmix.filters.lsh import optimal_params; from alignmix.filters.minhash import sketch; "
+            "print(optimal_params(0.8, 128, (0.02, 0.98)), sketch(['a b c d e f']).signatures[0, :2].tolist(), "
+            "sorted(m for m in ('scipy', 'datasketch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")[0]
+    want = MinHash(num_perm=128, seed=1, hashfunc=shingle_hash32)
+    want.update_batch(shingles("a b c d e f", 5))
+    assert out == f"(17, 7) {want.hashvalues[:2].tolist()} []"
+
+
 def test_bucket_pairs_pair_every_member_of_a_bucket_and_skip_empty_documents():
     keys = np.array([5, 7, 5, 5, 9, 7, 1], dtype=np.uint64)
     empty = np.array([False, False, False, False, False, False, True])
@@ -118,6 +157,34 @@ def test_exact_jaccard_equals_python_sets_and_signature_estimate_is_close():
     assert np.allclose(got, want)
     assert np.array_equal(exact_jaccard(pairs, sk, chunk=10), got)  # chunks smaller than one pair's sets
     assert got[2] == 1.0 and abs(signature_jaccard(pairs, sk.signatures)[0] - want[0]) < 0.2
+
+
+def test_exact_jaccard_of_near_copy_groups_equals_python_sets(shared_data):
+    """Groups of edited copies of real prompts, chained so later members drift from their group's first one,
+    and a few pairs across groups (which join groups under one far reference): the counts from differences to
+    a reference, and the direct ones, equal plain set arithmetic."""
+    rng = np.random.default_rng(0)
+    bases = [r["prompt"] for r in jsonl(shared_data / "evals" / "ifeval_input_data.jsonl")[:60]]
+    texts, groups = [], []
+    for base in bases:
+        words, group = base.split(), []
+        for _ in range(int(rng.integers(1, 9))):  # each copy edits the one before: a chain drifting away
+            group.append(len(texts))
+            texts.append(" ".join(words))
+            for _ in range(int(rng.integers(0, 4))):
+                words[int(rng.integers(len(words)))] = f"edit{int(rng.integers(1000))}"
+        groups.append(group)
+    texts += ["", "tiny", "short text here"]
+    sk = sketch(texts)
+    sets = [set(sk.hashes[sk.offsets[i] : sk.offsets[i + 1]].tolist()) for i in range(len(texts))]
+    within = [(i, j) for g in groups for a, i in enumerate(g) for j in g[a + 1 :]]
+    across = [tuple(sorted(rng.choice(len(texts), 2, replace=False).tolist())) for _ in range(10)]
+    pairs = unique_pairs(np.array(within + across + [(len(texts) - 3, len(texts) - 2)]))
+    want = [len(sets[i] & sets[j]) / len(sets[i] | sets[j]) if sets[i] | sets[j] else 0.0 for i, j in pairs]
+    got = exact_jaccard(pairs, sk)
+    assert got.tolist() == want  # the same integer counts, the same division: equal to the last bit
+    assert np.array_equal(exact_jaccard(pairs, sk, chunk=50), got)
+    assert 0.1 < np.mean(np.array(want) >= 0.8) < 0.9  # near copies and distant pairs both
 
 
 def test_unique_pairs_clusters_and_keep_rules():
