@@ -211,6 +211,13 @@ def test_exact_duplicates_are_the_same_prompt_in_other_case_or_spacing(prompts):
     assert a != b and " ".join(a.casefold().split()) == " ".join(b.casefold().split())
 
 
+def test_decontam_on_prompt_rows_finds_an_eval_set_used_as_prompts(shared_data):
+    """AlpacaEval's own prompts, ingested as prompt rows, are every one contaminated by the bundled AlpacaEval."""
+    frame = read_rows(SourceSpec(name="ae", path=str(shared_data / "evals/alpaca_eval_text_davinci_003_outputs.json")))
+    result = assert_stage_contract(build_stage({"stage": "decontam", "evals": ["alpaca_eval"]}), frame)
+    assert (result.stats.rows_in, result.stats.rows_kept, result.stats.dropped) == (805, 0, {"contaminated": 805})
+
+
 def test_consistency_is_for_preference_rows_only(prompts):
     with pytest.raises(ValueError, match="the consistency stage needs preference rows"):
         build_stage({"stage": "consistency"}).run(prompts.head(5))
