@@ -191,26 +191,32 @@ def _chunks(work: np.ndarray, chunk: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
-def _in_other(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
-    """For each k, whether each element of set a[k] is in set b[k]: one flag per element of the sets a[k],
-    concatenated in k order. Sets are sorted runs `values[offsets[d]:offsets[d+1]]`.
+def _in_other(
+    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each k, whether each element of set a[k] is in set b[k], and each element of b[k] in a[k]: one flag
+    per element of the sets a[k] (concatenated in k order), and one per element of the sets b[k]. Sets are
+    sorted runs `values[offsets[d]:offsets[d+1]]`.
 
     Each set is tagged with k in the high 32 bits, so all a-sets and all b-sets of a chunk form two sorted
     arrays, and one `searchsorted` of the first into the second (sorted queries: a walk, not random probes)
-    answers every membership at once.
+    answers every membership both ways at once.
     """
     la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
-    flags = np.zeros(int(la.sum()), dtype=bool)
-    at = 0
+    in_b, in_a = np.zeros(int(la.sum()), dtype=bool), np.zeros(int(lb.sum()), dtype=bool)
+    at_a = at_b = 0
     for lo, hi in _chunks(la + lb, chunk):
         tag = np.arange(hi - lo, dtype=np.uint64) << np.uint64(32)
         query = np.repeat(tag, la[lo:hi]) | values[_ranges(offsets[a[lo:hi]], la[lo:hi])]
         target = np.repeat(tag, lb[lo:hi]) | values[_ranges(offsets[b[lo:hi]], lb[lo:hi])]
         if len(target):
             pos = np.minimum(np.searchsorted(target, query), len(target) - 1)
-            flags[at : at + len(query)] = target[pos] == query
-        at += len(query)
-    return flags
+            hit = target[pos] == query
+            in_b[at_a : at_a + len(query)] = hit
+            in_a[at_b + pos[hit]] = True  # sets hold distinct values: a hit names one target element
+        at_a += len(query)
+        at_b += len(target)
+    return in_b, in_a
 
 
 def _intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
@@ -218,7 +224,7 @@ def _intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, 
     la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
     swap = la > lb
     small, large = np.where(swap, b, a), np.where(swap, a, b)
-    flags = _in_other(values, offsets, small, large, chunk)
+    flags, _ = _in_other(values, offsets, small, large, chunk)
     owner = np.repeat(np.arange(len(a), dtype=np.int64), np.minimum(la, lb))
     return np.bincount(owner[flags], minlength=len(a))
 
@@ -259,8 +265,9 @@ def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.n
     ref = clusters(len(docs), np.stack([i, j], axis=1))  # local indices: each group's first document
     # D and X of every document that is not its group's reference (a reference's are empty).
     moved = np.flatnonzero(ref != np.arange(len(docs)))
-    extra_vals, extra_off = _subset(values, offsets, moved, ~_in_other(values, offsets, moved, ref[moved], chunk))
-    lost_vals, lost_off = _subset(values, offsets, ref[moved], ~_in_other(values, offsets, ref[moved], moved, chunk))
+    in_ref, in_doc = _in_other(values, offsets, moved, ref[moved], chunk)
+    extra_vals, extra_off = _subset(values, offsets, moved, ~in_ref)
+    lost_vals, lost_off = _subset(values, offsets, ref[moved], ~in_doc)
     slot = np.full(len(docs), len(moved), dtype=np.int64)  # a reference points at an empty run past the end
     slot[moved] = np.arange(len(moved))
     extra_off = np.append(extra_off, extra_off[-1])
