@@ -96,10 +96,11 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     n, num_perm = signatures.shape
     if bands * rows > num_perm:
         raise ValueError(f"bands * rows = {bands} * {rows} exceeds the signature length {num_perm}")
-    sig = signatures[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    sig = signatures[:, : bands * rows].reshape(n, bands, rows)
     key = np.full((n, bands), np.uint64(0xCBF29CE484222325), dtype=np.uint64)
-    for j in range(rows):
-        key = (key ^ sig[:, :, j]) * np.uint64(0x100000001B3)
+    for j in range(rows):  # one row of every band at a time: no uint64 copy of the whole signature matrix
+        key ^= sig[:, :, j]
+        key *= np.uint64(0x100000001B3)
         key ^= key >> np.uint64(29)
     return key
 
@@ -115,6 +116,13 @@ def bucket_pairs(keys: np.ndarray, empty: np.ndarray | None = None, max_pairs: i
         idx = idx[~empty]
     order = idx[np.argsort(keys[idx], kind="stable")]
     sorted_keys = keys[order]
+    # Only members of buckets of two or more pair: dropping the others keeps every bucket's members together
+    # and in order, so the pairs are the same, found in fewer, shorter passes.
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    shared = np.zeros(len(order), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    order, sorted_keys = order[shared], sorted_keys[shared]
     out = []
     for d in range(1, max_pairs):
         if d >= len(order):
