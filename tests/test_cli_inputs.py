@@ -10,7 +10,6 @@ real `Judge.rate` and the real binarization around it), so no model is loaded.
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import orjson

@@ -48,7 +48,7 @@ from alignmix.pipeline.convert import (
     locate_source,
 )
 from alignmix.pipeline.ingest_summary import IngestSummary
-from alignmix.pipeline.readers import ACCEPTED_INPUTS, BATCH_SIZE, Location, Progress, parse_source_string
+from alignmix.pipeline.readers import ACCEPTED_INPUTS, BATCH_SIZE, Location, Progress, ReadError, parse_source_string
 from alignmix.pipeline.recipe import SourceSpec
 from alignmix.pipeline.rejected import REJECTED_SCHEMA, RejectedWriter, rows_to_table
 from alignmix.pipeline.schema import POLARS_SCHEMAS, empty_frame

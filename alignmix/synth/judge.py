@@ -32,7 +32,7 @@ import orjson
 import polars as pl
 
 from alignmix.pipeline.pairwise import pairwise_record, verdict
-from alignmix.pipeline.store import MixStore, fingerprint
+from alignmix.pipeline.store import fingerprint
 from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame, stage_rows
 from alignmix.synth.config import JudgeConfig, PreferencesConfig

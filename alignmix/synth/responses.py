@@ -19,7 +19,7 @@ import orjson
 import polars as pl
 
 from alignmix.pipeline.schema import RowError, content_id, sft_row, to_frame
-from alignmix.pipeline.store import MixStore, fingerprint
+from alignmix.pipeline.store import fingerprint
 from alignmix.synth.backends import GenerationRequest, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame
 from alignmix.synth.config import PreferencesConfig

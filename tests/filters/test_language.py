@@ -1,6 +1,5 @@
 """Language ID with the bundled lid.176.ftz: designed rows per rule, and the real es/fr/ja prompts."""
 
-import polars as pl
 import pytest
 
 from alignmix.filters.language import LanguageID

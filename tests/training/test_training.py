@@ -16,7 +16,7 @@ from alignmix.training.data import preference_examples, tokenize_sft
 from alignmix.training.evaluate import ScoredPairs, preference_metrics
 from alignmix.training.metrics import DPO_KEYS, check_signals, read_metrics
 
-from .conftest import alpaca_records, uf_pairs
+from .conftest import alpaca_records
 
 THRESHOLDS = {"warn_kl": 10.0, "warn_margin_growth": 0.5, "warn_chosen_logps_drop": 0.25}
 # Small enough for 2 shared CPU cores: short sequences, one or two rows per step, a few steps.
