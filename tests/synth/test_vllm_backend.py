@@ -56,6 +56,14 @@ def test_per_request_seeds_give_distinct_samples_and_the_same_text_on_a_second_r
     assert len(set(sample([7, 7, 7]))) == 1
 
 
+def test_progress_reports_each_request_as_it_finishes_then_the_tokens(backend):
+    calls: list[tuple[int, int]] = []
+    reqs = [GenerationRequest(prompt=PRE_QUERY, params=SamplingParams(max_new_tokens=8 * (1 + i), seed=i)) for i in range(4)]
+    results = backend.generate(reqs, progress=lambda n, tokens: calls.append((n, tokens)))
+    assert calls[:-1] == [(1, 0)] * 4  # one call per finished request, while the engine runs
+    assert calls[-1] == (0, sum(r.completion_tokens for r in results))
+
+
 def test_prompts_go_in_as_token_ids_without_added_special_tokens(backend):
     ids = backend.tokenizer(PRE_QUERY, add_special_tokens=False)["input_ids"]
     res = backend.generate([GenerationRequest(prompt=PRE_QUERY, params=SamplingParams(max_new_tokens=4, seed=1))])

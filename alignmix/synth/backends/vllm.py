@@ -96,8 +96,11 @@ class VLLMBackend(LocalModelBackend):
             )
             for r in requests
         ]
-        # All requests at once: vLLM's scheduler batches them (continuous batching, up to max_num_seqs).
-        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        # All requests at once: vLLM's scheduler batches them (continuous batching, up to max_num_seqs). vLLM's
+        # progress bar hook reports each finished request as it finishes; the tokens follow when all are done.
+        # vLLM also wraps the requests it adds in the same factory (an iterable, positional): those pass through.
+        bar = (lambda it=None, **_: it if it is not None else _Progress(progress)) if progress else False
+        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=bar)
         results: list[GenerationResult] = []
         for o in outs:
             c = o.outputs[0]
@@ -109,8 +112,8 @@ class VLLMBackend(LocalModelBackend):
                     completion_tokens=len(c.token_ids),
                 )
             )
-            if progress:
-                progress(1, len(c.token_ids))
+        if progress:
+            progress(0, sum(r.completion_tokens for r in results))
         return results
 
     def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
@@ -132,3 +135,28 @@ class VLLMBackend(LocalModelBackend):
                     probs[text] += math.exp(lp.logprob)
             results.append(probs)
         return results
+
+
+class _Progress:
+    """What vLLM's offline loop needs of a tqdm bar (`use_tqdm=callable`), forwarding finished requests to a
+    ProgressFn as they finish."""
+
+    def __init__(self, progress: ProgressFn):
+        import time
+
+        self.progress, self.n, self.postfix = progress, 0, ""
+        self._start, self._time = time.monotonic(), time.monotonic
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        return {"elapsed": max(self._time() - self._start, 1e-9)}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.progress(n, 0)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
