@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from alignmix.pipeline.adapters import ADAPTERS, Adapter, UnknownFormat, formats_help, get_adapter
+from alignmix.pipeline.fast_convert import convert_fast
 from alignmix.pipeline.readers import BATCH_SIZE, Location, Progress, RawRecord, ReadError, locate, read_batches
 from alignmix.pipeline.recipe import SourceSpec
 from alignmix.pipeline.rejected import rejected_record, rows_to_table
@@ -111,11 +112,13 @@ def detect_kind(adapter: Adapter, records: list[RawRecord], loc: Location, kind:
 
 
 def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None = None,
-                    batch_size: int = BATCH_SIZE, workers: int = 1) -> Iterator[Converted]:
+                    batch_size: int = BATCH_SIZE, workers: int = 1, fast: bool = True) -> Iterator[Converted]:
     """Read `spec` and convert it batch by batch, filling `run` (format, kind, counts, measurements).
 
     With workers > 1, batches are parsed and converted in that many processes while this one reads, drops
     duplicates and hands on the results in order: the output is the same as with one worker.
+    Batches whose records all have their format's plain shape are converted at once (`fast_convert`); the
+    others, and every batch when `fast` is False, record by record: the output is the same either way.
     Raises IngestError when the source cannot be read or its format not recognised.
     """
     loc = locate_source(spec)
@@ -140,7 +143,7 @@ def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None 
         run.kind = detect_kind(run.adapter, sample, loc, spec.kind)
         seen = SeenIds()
         jobs = _numbered(_chain(head, batches))
-        convert = functools.partial(_convert_batch, run.adapter.name, run.kind, run.name)
+        convert = functools.partial(_convert_batch, run.adapter.name, run.kind, run.name, fast=fast)
         for batch, part in _map_in_order(convert, jobs, workers):
             yield _keep_first_copies(batch, part, run, seen)
     except ReadError as err:
@@ -210,8 +213,16 @@ class _Part:
     rejected_chars: list[int]
 
 
-def _convert_batch(adapter_name: str, kind: RowKind, source: str, batch: list[RawRecord], index: int) -> _Part:
-    """Parse (when still needed) and convert one batch. Module-level, so a worker process can run it."""
+def _convert_batch(adapter_name: str, kind: RowKind, source: str, batch: list[RawRecord], index: int,
+                   fast: bool = True) -> _Part:
+    """Parse (when still needed) and convert one batch: at once when every record has its format's plain shape
+    (see fast_convert), else record by record. Module-level, so a worker process can run it."""
+    done = convert_fast(adapter_name, kind, source, batch, index) if fast else None
+    if done is not None:
+        n = done.table.num_rows
+        return _Part(table=done.table, ids=done.ids, source_ids=[str(index + i) for i in range(n)],
+                     owners=list(range(n)), rejected=[], turns=done.turns, response_chars=done.response_chars,
+                     rejected_chars=done.rejected_chars)
     adapter = ADAPTERS[adapter_name]
     rows: list[dict[str, Any]] = []
     owners: list[int] = []

@@ -26,7 +26,9 @@ processes, dropping repeated ids with `seen_ids`), `rejected` (the rejected reco
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +74,7 @@ def ingest_source(
     workers: int = 1,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[Progress, int], None] | None = None,
+    fast: bool = True,
 ) -> dict[str, Any]:
     """Ingest one recipe source into the store folder `out_dir` (its own folder: data/ holds this source only).
 
@@ -80,7 +83,8 @@ def ingest_source(
     finished stats are returned and nothing is read (`stats["resumed"]` is True).
     `workers` > 1 parses and converts in that many processes, `batch_size` records at a time; neither changes
     a byte of the output (the script that calls it with workers > 1 needs an `if __name__ == "__main__":` guard).
-    `on_progress(progress, rows_in)` is called after each batch.
+    `on_progress(progress, rows_in)` is called after each batch. `fast=False` converts every batch record by
+    record (the reference the fast path is tested against; same bytes, slower).
     """
     store = MixStore(out_dir)
     stage = f"ingest-{spec.name}"
@@ -99,13 +103,14 @@ def ingest_source(
     start = time.perf_counter()
     run = SourceRun(spec.name)
     progress = Progress()
-    writer: ShardWriter | None = None
+    writer: BackgroundShards | None = None
     rejected = RejectedWriter(store.rejected_path(stage))
     try:
-        for converted in convert_batches(spec, run, progress, batch_size=batch_size, workers=workers):
+        for converted in convert_batches(spec, run, progress, batch_size=batch_size, workers=workers,
+                                         fast=fast):
             if writer is None:
                 assert run.kind is not None
-                writer = ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard)
+                writer = BackgroundShards(ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard))
             if converted.table.num_rows:
                 writer.write(converted.table)
             rejected.add(converted.rejected)
@@ -113,12 +118,13 @@ def ingest_source(
                 on_progress(progress, run.rows_in)
         if writer is None:  # an empty source with an explicit format: one empty shard, like `datasets` does
             assert run.kind is not None
-            writer = ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard)
+            writer = BackgroundShards(ShardWriter(store.data_dir, SPLIT, run.kind, rows_per_shard))
         shards = writer.close()
         rejected.close()
     except BaseException as exc:
         rejected.abort(exc)
         if writer is not None:
+            writer.stop()
             _discard_parts(store.data_dir)
         raise
 
@@ -126,6 +132,50 @@ def ingest_source(
     outputs = [store.root / s["file"] for s in shards] + [store.rejected_path(stage)]
     store.mark_done(stage, stage_fp, stats, outputs)
     return {**stats, "resumed": False}
+
+
+class BackgroundShards:
+    """A ShardWriter fed from a thread, so that compressing and writing parquet (which releases the GIL)
+    overlaps with reading and converting the next batches. Tables are written in the order given, by one
+    thread, so the shards are the bytes ShardWriter writes directly; at most `depth` tables wait (memory stays
+    bounded). An error in the thread is raised by the next `write` or by `close`.
+    """
+
+    def __init__(self, shards: ShardWriter, depth: int = 4):
+        self.shards = shards
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="alignmix-shards", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.shards.write(table)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, table: pa.Table) -> None:
+        self._raise()
+        self._queue.put(table)
+
+    def stop(self) -> None:
+        """Let the thread finish (after an error elsewhere); nothing more is written."""
+        self._error = self._error or RuntimeError("stopped")
+        self._queue.put(None)
+        self._thread.join()
+
+    def close(self) -> list[dict[str, Any]]:
+        """Wait for the queued tables, then close the ShardWriter; its shard records."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+        return self.shards.close()
 
 
 def _stats(spec: SourceSpec, loc: Location, run: SourceRun, store: MixStore, start: float,

@@ -1,0 +1,223 @@
+"""The fast (batch-at-once) ingest path against the per-row path: same shards to the byte, same rejected rows.
+
+Every format is ingested twice, `fast=True` and `fast=False`, from real records (../shared/data) reshaped into
+the format where the data has none of its own, with small batches so that clean batches (fast path) and
+batches holding a bad record (per-row path) alternate in one source.
+"""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import polars as pl
+import pytest
+
+from alignmix.pipeline.convert import SourceRun, convert_batches
+from alignmix.pipeline.fast_convert import convert_fast
+from alignmix.pipeline.ingest import ingest_source
+from alignmix.pipeline.readers import RawRecord, locate, read_batches
+from alignmix.pipeline.recipe import SourceSpec
+from alignmix.pipeline.schema import content_id
+from alignmix.pipeline.store import MixStore, sha256_file
+
+U, A, S = "user", "assistant", "system"
+
+
+def _jsonl(path, records):
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in records))
+    return path
+
+
+def _pairs(shared_data, n=60):
+    lines = (shared_data / "ultrafeedback/eval_clean.jsonl").read_bytes().splitlines()
+    return [orjson.loads(x) for x in lines[:n]]
+
+
+def _both(tmp_path, path, batch_size=7, **spec):
+    """Ingest `path` by both paths; assert identical outputs; return the fast run's stats and store."""
+    spec = SourceSpec(name="s", path=str(path), **spec)
+    fast = ingest_source(spec, tmp_path / "fast", rows_per_shard=23, batch_size=batch_size)
+    slow = ingest_source(spec, tmp_path / "slow", rows_per_shard=23, batch_size=batch_size, fast=False)
+    assert [s["sha256"] for s in fast["shards"]] == [s["sha256"] for s in slow["shards"]]
+    assert [s["rows"] for s in fast["shards"]] == [s["rows"] for s in slow["shards"]]
+    for key in ("format", "kind", "rows_in", "rows_kept", "dropped", "distributions"):
+        assert fast[key] == slow[key], key
+    rejected = [pl.read_parquet(tmp_path / run / "rejected/ingest-s.parquet") for run in ("fast", "slow")]
+    assert rejected[0].equals(rejected[1])
+    assert sha256_file(tmp_path / "fast/rejected/ingest-s.parquet") == sha256_file(tmp_path / "slow/rejected/ingest-s.parquet")
+    return fast, MixStore(tmp_path / "fast")
+
+
+def _fast_batches(path, batch_size=7, **spec):
+    """How many of the source's batches the fast path takes, of how many."""
+    spec = SourceSpec(name="s", path=str(path), **spec)
+    run = SourceRun("s")
+    list(convert_batches(spec, run, batch_size=batch_size, fast=False))  # detects format and kind
+    batches = list(read_batches(locate(str(path)), batch_size=batch_size))
+    done = [convert_fast(run.adapter.name, run.kind, "s", b, 0) for b in batches]
+    return sum(d is not None for d in done), len(batches)
+
+
+# --- every format, clean and with broken records ------------------------------------------------------------
+
+
+def test_pairs_clean_and_broken(shared_data, tmp_path):
+    records = _pairs(shared_data)
+    assert _fast_batches(_jsonl(tmp_path / "clean.jsonl", records)) == (9, 9)
+    broken = list(records)
+    broken[3] = {**broken[3], "chosen": 7}                                  # bad_type
+    broken[10] = {k: v for k, v in broken[10].items() if k != "rejected"}    # missing_field
+    broken[17] = {**broken[17], "metadata": {"score_chosen": "high"}}        # bad_type score
+    broken[24] = {**broken[24], "prompt": "   "}                             # empty_turn
+    broken[30] = records[2]                                                  # duplicate_content
+    broken[40] = {**broken[40], "system": "Be brief.", "score_chosen": 3}    # a system turn, a top-level score
+    path = _jsonl(tmp_path / "pairs.jsonl", broken + [b'{"prompt": "cut', b"[1]"])
+    assert _fast_batches(path) == (4, 9)
+    stats, store = _both(tmp_path, path)
+    assert (stats["format"], stats["rows_in"], stats["rows_kept"]) == ("pairs", 62, 55)
+    assert stats["dropped"] == {"bad_type": 3, "duplicate_content": 1, "empty_turn": 1, "malformed_json": 1,
+                                "missing_field": 1}
+    row = store.read().filter(pl.col("source_id") == "40").row(0, named=True)
+    assert row["chosen"][0] == {"role": S, "content": "Be brief."} and row["score_chosen"] == 3.0
+
+
+def test_ultrafeedback_message_lists(shared_data, tmp_path):
+    records = []
+    for i, r in enumerate(_pairs(shared_data)):
+        head = [{"role": U, "content": r["prompt"]}]
+        rec = {"prompt": r["prompt"], "chosen": head + [{"role": A, "content": r["chosen"]}],
+               "rejected": head + [{"role": A, "content": r["rejected"]}],
+               "score_chosen": r["metadata"]["score_chosen"], "score_rejected": r["metadata"]["score_rejected"],
+               "prompt_id": f"p{i}"}
+        if i % 5 == 1:
+            del rec["prompt"]  # taken from the last user turn
+        records.append(rec)
+    assert _fast_batches(_jsonl(tmp_path / "clean.jsonl", records)) == (9, 9)
+    records[4] = {**records[4], "rejected": [{"role": U, "content": "another question"}, records[4]["rejected"][1]]}
+    records[12] = {**records[12], "chosen": records[12]["chosen"][:1]}       # ends with the user
+    records[20] = {**records[20], "score_rejected": True}                    # a bool is not a score
+    records[33] = {**records[33], "prompt": [{"role": U, "content": "TRL's form"}],
+                   "chosen": records[33]["chosen"][1:], "rejected": records[33]["rejected"][1:]}
+    stats, _ = _both(tmp_path, _jsonl(tmp_path / "uf.jsonl", records))
+    assert (stats["format"], stats["rows_kept"]) == ("ultrafeedback", 57)
+    assert stats["dropped"] == {"bad_type": 1, "not_ending_with_assistant": 1, "prompt_mismatch": 1}
+
+
+def test_openai_sft_and_prompts(shared_data, tmp_path):
+    records = [{"messages": ([{"role": "developer", "content": "Be kind."}] if i % 3 == 0 else [])
+                + [{"role": U, "content": r["prompt"]}, {"role": A, "content": r["chosen"]}], "tag": i}
+               for i, r in enumerate(_pairs(shared_data))]
+    assert _fast_batches(_jsonl(tmp_path / "clean.jsonl", records)) == (9, 9)
+    records[5] = {"messages": [{"role": U, "content": [{"type": "text", "text": "parts"}]}, {"role": A, "content": "ok"}]}
+    records[9] = {"messages": [{"role": "tool", "content": "x"}, {"role": A, "content": "y"}]}
+    records[15] = records[0]
+    stats, _ = _both(tmp_path, _jsonl(tmp_path / "openai.jsonl", records))
+    assert (stats["format"], stats["kind"], stats["rows_kept"]) == ("openai", "sft", 58)
+    assert stats["dropped"] == {"bad_role": 1, "duplicate_content": 1}
+
+    prompts = [{"messages": [{"role": U, "content": r["prompt"]}]} for r in _pairs(shared_data)]
+    prompts[8] = {"messages": [{"role": U, "content": "a"}, {"role": A, "content": "answered"}]}
+    stats, _ = _both(tmp_path / "p", _jsonl(tmp_path / "prompts.jsonl", prompts))
+    assert (stats["kind"], stats["rows_kept"], stats["dropped"]) == ("prompt", 59, {"not_ending_with_user": 1})
+
+
+def test_sharegpt_prompts_and_sft(shared_data, tmp_path):
+    path = shared_data / "prompts/sharegpt_first_turns_2978.json"  # a JSON array: ijson, not JSON Lines
+    fast, total = _fast_batches(path, batch_size=200)
+    assert total == 15 and fast >= 10  # a few batches hold an empty or answered record
+    stats, _ = _both(tmp_path, path, batch_size=200)
+    assert (stats["format"], stats["kind"], stats["rows_in"], stats["rows_kept"]) == ("sharegpt", "prompt", 2978, 2861)
+
+    convs = [{"conversations": [{"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["chosen"]}],
+              **({"system": "Answer well."} if i % 4 == 0 else {})} for i, r in enumerate(_pairs(shared_data))]
+    convs[6] = {"conversations": [{"from": "function_call", "value": "f()"}, {"from": "gpt", "value": "x"}]}
+    convs[7] = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": None}]}
+    stats, _ = _both(tmp_path / "sft", _jsonl(tmp_path / "sharegpt.jsonl", convs))
+    assert (stats["kind"], stats["rows_kept"], stats["dropped"]) == ("sft", 58, {"bad_role": 1, "bad_type": 1})
+
+
+def test_alpaca_json_array(shared_data, tmp_path):
+    path = shared_data / "llama_factory/alpaca_en_demo.json"
+    assert _fast_batches(path, batch_size=100) == (10, 10)
+    stats, _ = _both(tmp_path, path, batch_size=100)
+    assert (stats["format"], stats["rows_in"], stats["rows_kept"]) == ("alpaca", 999, 985)
+    records = json.loads(path.read_text("utf-8"))[:50]
+    records[3] = {**records[3], "history": [["hi", "hello"]]}                # LLaMA-Factory history: per-row path
+    records[7] = {**records[7], "output": ""}                                # empty answer
+    records[11] = {**records[11], "input": 5}                                # bad_type
+    records[19] = {**records[19], "system": "You are terse."}
+    broken = tmp_path / "alpaca.json"
+    broken.write_text(json.dumps(records))
+    stats, _ = _both(tmp_path / "b", broken)
+    assert (stats["rows_kept"], stats["dropped"]) == (48, {"bad_type": 1, "empty_turn": 1})
+
+
+def test_prompt_lists(shared_data, tmp_path):
+    for name, kept in [("evals/mt_bench_question.jsonl", 80), ("evals/alpaca_eval_text_davinci_003_outputs.json", 805),
+                       ("evals/arena_hard_v0.1_question.jsonl", 500), ("multilingual/ja_input_data.jsonl", 172)]:
+        fast, total = _fast_batches(shared_data / name, batch_size=50)
+        assert fast == total, name
+        stats, _ = _both(tmp_path / name.replace("/", "_"), shared_data / name, batch_size=50)
+        assert (stats["format"], stats["rows_kept"]) == ("prompts", kept), name
+    mixed = [{"turns": ["first", "follow-up"]}, {"question": "q?", "id": 1}, {"prompt": "p", "system": "s"},
+             {"instruction": "do", "input": "this"}, {"turns": []}, {"prompt": ["not", "messages"]}, {"question": None}]
+    stats, _ = _both(tmp_path / "mixed", _jsonl(tmp_path / "mixed.jsonl", mixed), batch_size=2, format="prompts")
+    assert (stats["rows_kept"], stats["dropped"]) == (4, {"bad_type": 1, "empty_turn": 1, "missing_field": 1})
+
+
+@pytest.mark.parametrize("name", ["hh_rlhf/test_prefs.jsonl", "llama_factory/dpo_en_demo.json",
+                                  "self_instruct/seed_tasks.jsonl"])
+def test_formats_without_a_fast_path_are_unchanged(shared_data, tmp_path, name):
+    assert _fast_batches(shared_data / name, batch_size=100)[0] == 0
+    stats, _ = _both(tmp_path, shared_data / name, batch_size=100)
+    assert stats["rows_kept"] == {"hh_rlhf/test_prefs.jsonl": 996, "llama_factory/dpo_en_demo.json": 295,
+                                  "self_instruct/seed_tasks.jsonl": 175}[name]
+
+
+# --- ids --------------------------------------------------------------------------------------------------------
+
+TRICKY = ["  padded\t\n", "quote \" backslash \\ slash /", "ctrl \x01\x1f\x7f", "line\u2028para\u2029",
+          "cafe\u0301 (NFD) and caf\u00e9", "\u3000ideographic space\u3000", "\x1cfile separator\x1d", "emoji \U0001f600",
+          "\ufeffbom", "tab\tinside", "日本語のテキスト"]
+
+
+@pytest.mark.parametrize("kind", ["sft", "prompt", "preference"])
+def test_fast_ids_equal_content_id_on_tricky_text(kind):
+    """The ids are assembled from each text's JSON; they equal schema.content_id for every text."""
+    batch = []
+    for i, a in enumerate(TRICKY):
+        b = TRICKY[(i + 3) % len(TRICKY)]
+        if kind == "preference":
+            value = {"prompt": a, "chosen": b, "rejected": a + b, "system": TRICKY[(i + 5) % len(TRICKY)]}
+        elif kind == "prompt":
+            value = {"messages": [{"role": "system", "content": b}, {"role": "user", "content": a}]}
+        else:
+            value = {"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]}
+        batch.append(RawRecord(value, "t.jsonl", i + 1, i + 1))
+    fast = convert_fast("pairs" if kind == "preference" else "openai", kind, "t", batch, 0)
+    assert fast is not None
+    rows = fast.table.to_pylist()
+    assert fast.ids == [r["id"] for r in rows] == [content_id(r, kind) for r in rows]
+    assert len(set(fast.ids)) == len(TRICKY)
+
+
+def test_a_batch_with_one_bad_record_takes_the_per_row_path():
+    good = RawRecord({"messages": [{"role": U, "content": "q"}, {"role": A, "content": "a"}]}, "t.jsonl", 1, 1)
+    for bad in [{"messages": [{"role": U, "content": "q"}, {"role": A, "content": " "}]},
+                {"messages": [{"role": U, "content": "q"}, {"role": A, "content": 3}]},
+                {"messages": [{"role": A, "content": "a"}]}, {"messages": "text"}, ["a", "list"]]:
+        assert convert_fast("openai", "sft", "t", [good, RawRecord(bad, "t.jsonl", 2, 2)], 0) is None
+    assert convert_fast("openai", "sft", "t", [good], 0) is not None
+
+
+def test_worker_processes_and_fast_path_give_the_per_row_bytes(shared_data, tmp_path):
+    records = _pairs(shared_data, 40)
+    records[13] = {**records[13], "rejected": None}
+    path = _jsonl(tmp_path / "pairs.jsonl", records + records[:5])
+    spec = SourceSpec(name="s", path=str(path))
+    slow = ingest_source(spec, tmp_path / "slow", rows_per_shard=16, batch_size=6, fast=False)
+    two = ingest_source(spec, tmp_path / "two", rows_per_shard=16, batch_size=6, workers=2)
+    assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in slow["shards"]]
+    assert two["dropped"] == slow["dropped"] == {"duplicate_content": 5, "missing_field": 1}
+    assert sha256_file(tmp_path / "two/rejected/ingest-s.parquet") == sha256_file(tmp_path / "slow/rejected/ingest-s.parquet")
