@@ -169,16 +169,19 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
 
 def _sorted_sets(sk: Sketch, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct shingle hashes of documents `docs` (sorted indices), sorted per document, flat with offsets
-    indexed like `docs`."""
+    indexed like `docs`. The hashes come as uint64 (ready to be tagged, see `_in_other`)."""
     n = len(docs)
     lens = sk.offsets[docs + 1] - sk.offsets[docs]
-    doc = np.repeat(np.arange(n, dtype=np.int64), lens)
-    key = (doc.astype(np.uint64) << np.uint64(32)) | sk.hashes[_ranges(sk.offsets[docs], lens)].astype(np.uint64)
+    # The documents' hashes in order, picked by a mask (one byte per hash) rather than gathered by index.
+    member = np.zeros(len(sk), dtype=bool)
+    member[docs] = True
+    key = np.repeat(np.arange(n, dtype=np.uint64) << np.uint64(32), lens)
+    key |= sk.hashes[np.repeat(member, np.diff(sk.offsets))]
     key = _sorted_unique(key, runs=True)
-    doc = (key >> np.uint64(32)).astype(np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(doc, minlength=n), out=offsets[1:])
-    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets
+    np.cumsum(np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=n), out=offsets[1:])
+    key &= np.uint64(0xFFFFFFFF)
+    return key, offsets
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -267,7 +270,6 @@ def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.n
         return sims
     docs = _sorted_unique(pairs.ravel())
     values, offsets = _sorted_sets(sk, docs)
-    values = values.astype(np.uint64)  # tagged in place of a copy per chunk (see `_in_other`)
     lens = np.diff(offsets)
     i, j = np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1])
     ref = clusters(len(docs), np.stack([i, j], axis=1))  # local indices: each group's first document
