@@ -85,3 +85,54 @@ def test_hh_rlhf_identical_pairs(shared_data):
     _, rejected, stats = assert_stage_contract(PreferenceConsistency(), frame)
     assert stats.dropped["identical_pair"] == 6
     assert set(rejected.filter(pl.col("drop_reason") == "identical_pair")["source_id"]) == same
+
+
+def _real_pairs(shared_data) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """The real UltraFeedback and HH-RLHF pairs through their adapters, plus, for more pairs near the threshold,
+    each chosen response against itself with one word in twenty changed and against the next row's chosen."""
+    from alignmix.filters.normalize import final_turn
+
+    frame = pl.concat([load_ultrafeedback(shared_data)[0], load_hh(shared_data)[0]])
+    texts = frame.select(final_turn("chosen").alias("c"), final_turn("rejected").alias("r"))
+    chosen, rejected = texts["c"].to_list(), texts["r"].to_list()
+    edited = [" ".join("changed" if k % 20 == 7 else w for k, w in enumerate(c.split())) for c in chosen]
+    return frame, chosen + chosen + chosen[:-1], rejected + edited + chosen[1:]
+
+
+def test_bounded_similarity_is_difflib_wherever_a_pair_can_be_near_identical(shared_data):
+    import difflib
+
+    from alignmix.filters.consistency import pair_similarities, similarity_bound
+
+    _, chosen, rejected = _real_pairs(shared_data)
+    ratio = [response_similarity(a, b) for a, b in zip(chosen, rejected)]
+    quick = [difflib.SequenceMatcher(None, a.casefold().split(), b.casefold().split()).quick_ratio()
+             for a, b in zip(chosen, rejected)]
+    assert [similarity_bound(a.casefold().split(), b.casefold().split()) for a, b in zip(chosen, rejected)] == quick
+    assert pair_similarities(chosen, rejected, 0.9, exact=True) == ratio
+    for threshold in (0.5, 0.9, 0.95):
+        fast = pair_similarities(chosen, rejected, threshold)
+        assert [f >= threshold for f in fast] == [r >= threshold for r in ratio]  # never a different decision
+        exact = [i for i, q in enumerate(quick) if q >= threshold]
+        assert [fast[i] for i in exact] == [ratio[i] for i in exact]  # the same float where it could matter
+        assert all(fast[i] == quick[i] >= ratio[i] for i in set(range(len(ratio))) - set(exact))
+    near = [i for i, r in enumerate(ratio) if r >= 0.9]
+    assert len(ratio) == 3587 and len(near) == 1170  # 8 real pairs, 6 of them identical, and the edited copies
+
+
+def test_stage_drops_the_same_pairs_bounded_or_exact_on_real_data(shared_data):
+    real, chosen, rejected = _real_pairs(shared_data)
+    n = real.height
+    edited = prefs(*[pref(f"edited-{i}", c, e, sc=9.0, sr=2.0) for i, (c, e) in enumerate(zip(chosen[:n], rejected[n : 2 * n]))])
+    frame = pl.concat([real, edited], how="diagonal_relaxed")
+    runs = {mode: assert_stage_contract(PreferenceConsistency({"similarity": mode}), frame) for mode in ("bounded", "exact")}
+    (kept_b, rej_b, stats_b), (kept_e, rej_e, stats_e) = runs["bounded"], runs["exact"]
+    assert rej_b.select("id", "drop_reason", "drop_detail").equals(rej_e.select("id", "drop_reason", "drop_detail"))
+    assert kept_b["id"].to_list() == kept_e["id"].to_list() and stats_b.dropped == stats_e.dropped
+    # short responses (under 8 words) have no word changed: identical; 6 real pairs are identical too
+    assert stats_b.dropped == {"identical_pair": 117, "near_identical_pair": 1052, "score_tie": 25}
+    # every pair records difflib's ratio where the bound reaches 0.9 and the bound (below 0.9) elsewhere
+    exact = PreferenceConsistency({"similarity": "exact"}).score(frame)["pair_similarity"]
+    bounded = PreferenceConsistency().score(frame)["pair_similarity"]
+    assert ((bounded >= 0.9) == (exact >= 0.9)).all() and (bounded >= exact).all()
+    assert bounded.filter(exact >= 0.9).equals(exact.filter(exact >= 0.9))
