@@ -54,16 +54,25 @@ def repeated_ngram_ratio(text: str, n: int) -> float:
     >>> repeated_ngram_ratio("a b c a b c a b c", 3)
     0.571429
     """
-    w = text.casefold().split()
-    total = len(w) - n + 1
+    return words_repeated_ngram_ratio(text.casefold().split(), n)
+
+
+def words_repeated_ngram_ratio(words: list[str], n: int) -> float:
+    """`repeated_ngram_ratio` of text already case-folded and split into `words`.
+
+    >>> words_repeated_ngram_ratio("a b c a b c a b c".split(), 3)
+    0.571429
+    """
+    total = len(words) - n + 1
     if total <= 0:
         return 0.0
-    return round(1.0 - len({tuple(w[i : i + n]) for i in range(total)}) / total, 6)
+    # zip of the n shifted lists yields exactly the `total` n-grams, as tuples, without a Python-level loop
+    return round(1.0 - len(set(zip(*(words[i:] for i in range(n))))) / total, 6)
 
 
-def refusal(text: str, max_words: int) -> str | None:
-    """The refusal phrase a short response opens with, or None."""
-    if len(text.split()) > max_words:
+def refusal(text: str, max_words: int, n_words: int | None = None) -> str | None:
+    """The refusal phrase a short response opens with, or None (`n_words`: its word count, if known)."""
+    if (len(text.split()) if n_words is None else n_words) > max_words:
         return None
     m = _REFUSAL_RE.search(text.strip())
     return m.group(1).lower() if m else None
@@ -106,13 +115,15 @@ class QualityFilter(Stage[QualityConfig]):
             texts = frame.select(pl.col(col).list.last().struct.field("content").fill_null("")).to_series().to_list()
             name = label.get(col, col)
             for i, text in enumerate(texts):
-                long_enough = len(text.split()) >= cfg.min_words_for_repetition
-                r = repeated_ngram_ratio(text, cfg.repeated_ngram) if long_enough else 0.0
+                # Case folding never makes or removes whitespace, so these are the words of `text` too.
+                words = text.casefold().split()
+                long_enough = len(words) >= cfg.min_words_for_repetition
+                r = words_repeated_ngram_ratio(words, cfg.repeated_ngram) if long_enough else 0.0
                 ratios[i] = max(ratios[i], r)
                 limit = cfg.max_repeated_ngram_ratio
                 if limit is not None and r > limit and ratio_detail[i] is None:
                     ratio_detail[i] = f"{name}: {r} > {limit} ({cfg.repeated_ngram}-grams)"
-                phrase = refusal(text, cfg.refusal_max_words) if cfg.refusal_max_words else None
+                phrase = refusal(text, cfg.refusal_max_words, len(words)) if cfg.refusal_max_words else None
                 if phrase and refusal_detail[i] is None:
                     refusals[i] = True
                     refusal_detail[i] = f"{name}: {phrase}"

@@ -65,3 +65,30 @@ def test_helpers():
     assert refusal("As an AI language model, I cannot browse the web.", 40) == "as an ai language model, i cannot"
     assert refusal("Sure. I cannot wait to help!", 40) is None  # a refusal must open the response
     assert refusal("I'm sorry " + "word " * 50, 40) is None  # long answers that start with an apology still answer
+
+
+def test_repeated_ngrams_and_refusals_on_real_responses_match_the_per_text_rules(shared_data):
+    """The stage counts words once per response (case folded); the per-text functions split the text themselves:
+    the same ratios, refusals and drops on every real UltraFeedback and HH-RLHF response and on loops of them."""
+    from alignmix.filters.quality import words_repeated_ngram_ratio
+    from tests.filters.rows import jsonl
+
+    raw = jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl") + jsonl(shared_data / "hh_rlhf" / "test_prefs.jsonl")
+    texts = [r[side] for r in raw for side in ("chosen", "rejected") if r[side].strip()]
+    texts += [" ".join([t.split(".")[0] + "."] * 8) for t in texts[:400]]  # loops of real sentences
+
+    def by_tuples(text: str, n: int) -> float:  # the rule as first written
+        w = text.casefold().split()
+        total = len(w) - n + 1
+        return 0.0 if total <= 0 else round(1.0 - len({tuple(w[i : i + n]) for i in range(total)}) / total, 6)
+
+    for n in (1, 2, 3, 5):
+        assert [words_repeated_ngram_ratio(t.casefold().split(), n) for t in texts] == [by_tuples(t, n) for t in texts]
+    assert [refusal(t, 40, len(t.casefold().split())) for t in texts] == [refusal(t, 40) for t in texts]
+    frame = prefs(*[pref(i, t, "A worse answer.") for i, t in enumerate(texts)])
+    kept, rejected, stats = assert_stage_contract(QualityFilter(), frame)
+    looping = sum(len(t.split()) >= 20 and by_tuples(t, 3) > 0.3 for t in texts)
+    assert stats.dropped["repeated_ngrams"] == looping == 360
+    kept_ids = set(kept["source_id"])
+    assert kept["repeated_ngram_ratio"].to_list() == [
+        by_tuples(t, 3) if len(t.split()) >= 20 else 0.0 for i, t in enumerate(texts) if str(i) in kept_ids]
