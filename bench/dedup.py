@@ -289,9 +289,12 @@ def end_to_end(n_docs: int, threshold: float, repeat: int, seed: int) -> dict:
         "corpus": {**written, "threshold": threshold, "num_perm": 128, "ngram": 5},
         "commands": {"alignmix": "alignmix dedup prompts.jsonl --out DIR",
                      "datasketch": "python bench/dedup_datasketch.py prompts.jsonl"},
-        "lsh": {"alignmix": "bands and rows for recall (weights 0.02, 0.98): {} x {}, every candidate verified by exact "
-                            "Jaccard".format(*optimal_params(threshold, 128, (0.02, 0.98))),
-                "datasketch": "MinHashLSH defaults: {} x {}, candidates not verified".format(*optimal_params(threshold, 128))},
+        "lsh": {
+            "alignmix": "bands and rows for recall (weights 0.02, 0.98): {} x {}, every candidate verified by exact "
+                        "Jaccard".format(*optimal_params(threshold, 128, (0.02, 0.98))),
+            "datasketch": "MinHashLSH defaults: {} x {}, candidates not verified".format(
+                *optimal_params(threshold, 128)),
+        },
         "timing": f"best of {repeat} alternating rounds, wall clock of each subprocess",
         "seconds": {k: round(v, 3) for k, v in best.items()},
         "all_seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},

@@ -36,8 +36,9 @@ def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float]
 
     datasketch's `_optimal_param` integrates each (bands, rows) with scipy's `quad` (about 0.8 s, and importing
     scipy costs more). The integrands are polynomials of degree bands * rows <= num_perm, which Gauss-Legendre
-    quadrature with num_perm // 2 + 1 nodes (here 8 more) integrates exactly: here all of them at once, in milliseconds,
-    and the same choice (checked against datasketch on a grid of thresholds, permutations and weights).
+    quadrature with num_perm // 2 + 1 nodes (here 8 more) integrates exactly: here all of them at once, in
+    milliseconds, and the same choice (checked against datasketch on a grid of thresholds, permutations and
+    weights).
 
     >>> optimal_params(0.8, 128)
     (9, 13)
@@ -69,7 +70,8 @@ def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float]
     best, best_error = (0, 0), float("inf")
     for k in near:
         bk, rk = int(b[k]), int(r[k])
-        e = _false_positive_probability(threshold, bk, rk) * fp_weight + _false_negative_probability(threshold, bk, rk) * fn_weight
+        fp_k, fn_k = _false_positive_probability(threshold, bk, rk), _false_negative_probability(threshold, bk, rk)
+        e = fp_k * fp_weight + fn_k * fn_weight
         if e < best_error:
             best, best_error = (bk, rk), e
     return best
@@ -230,7 +232,9 @@ def _in_other(
     return in_b, in_a
 
 
-def _intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+def _intersection_sizes(
+    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int
+) -> np.ndarray:
     """|set a[k] ∩ set b[k]| for each k (sets as in `_in_other`), probing the smaller set of each pair."""
     la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
     swap = la > lb
@@ -240,7 +244,9 @@ def _intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, 
     return np.bincount(owner[flags], minlength=len(a))
 
 
-def _subset(values: np.ndarray, offsets: np.ndarray, sets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _subset(
+    values: np.ndarray, offsets: np.ndarray, sets: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The elements of sets[k] where `keep` (flags as `_in_other` gives them) holds, as sorted runs with offsets."""
     lens = offsets[sets + 1] - offsets[sets]
     owner = np.repeat(np.arange(len(sets), dtype=np.int64), lens)

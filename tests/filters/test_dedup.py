@@ -166,7 +166,8 @@ def test_normalized_series_equals_the_normalized_expression(shared_data):
     from alignmix.filters.normalize import normalized, normalized_series
 
     texts = ["a \t b", "\u3000x\u2028y  ", " ", "", None, "a\u00a0\u00a0b", "Ⅻ  ＦＵＬＬ", "a\n", "x\u0085y", "ﬁ ＡＢ"]
-    texts += [r["prompt"] for lang in ("es", "fr", "ja") for r in jsonl(shared_data / "multilingual" / f"{lang}_input_data.jsonl")]
+    texts += [r["prompt"] for lang in ("es", "fr", "ja")
+              for r in jsonl(shared_data / "multilingual" / f"{lang}_input_data.jsonl")]
     texts += [r["chosen"] for r in jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl")]
     series = pl.Series("t", texts, dtype=pl.String)
     want = series.to_frame().select(normalized(pl.col("t"))).to_series()
@@ -238,6 +239,7 @@ def test_dedup_of_a_raw_jsonl_drops_what_brute_force_finds_and_imports_nothing_h
     kept = pl.read_parquet(tmp_path / "out" / "data" / "*.parquet")
     assert sorted(int(s) for s in kept["source_id"]) == expected
     assert len(expected) == 80  # every planted copy went, no original did
-    stats = {s: orjson.loads((tmp_path / "out" / "stats" / f"{s}.json").read_bytes()) for s in ("exact_dedup", "near_dedup")}
+    stats = {s: orjson.loads((tmp_path / "out" / "stats" / f"{s}.json").read_bytes())
+             for s in ("exact_dedup", "near_dedup")}
     assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
     assert stats["near_dedup"]["dropped"] == {"near_duplicate": 40}
