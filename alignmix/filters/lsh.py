@@ -235,12 +235,14 @@ def _in_other(
 def _intersection_sizes(
     values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int
 ) -> np.ndarray:
-    """|set a[k] ∩ set b[k]| for each k (sets as in `_in_other`), probing the smaller set of each pair."""
+    """|set a[k] ∩ set b[k]| for each k (sets as in `_in_other`), probing the smaller set of each pair; a pair
+    with an empty side (a reference's empty differences, most often) is 0 without work."""
     la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
-    swap = la > lb
-    small, large = np.where(swap, b, a), np.where(swap, a, b)
+    both = np.flatnonzero((la > 0) & (lb > 0))
+    swap = la[both] > lb[both]
+    small, large = np.where(swap, b[both], a[both]), np.where(swap, a[both], b[both])
     flags, _ = _in_other(values, offsets, small, large, chunk)
-    owner = np.repeat(np.arange(len(a), dtype=np.int64), np.minimum(la, lb))
+    owner = np.repeat(both, np.minimum(la[both], lb[both]))
     return np.bincount(owner[flags], minlength=len(a))
 
 
