@@ -36,7 +36,7 @@ import orjson
 import polars as pl
 from pydantic import Field
 
-from alignmix.filters.normalize import final_turn, normalized
+from alignmix.filters.normalize import final_turn, normalized_series
 from alignmix.pipeline.pairwise import position_verdicts
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, decide, histogram, keep_all
@@ -168,9 +168,10 @@ class PreferenceConsistency(Stage[ConsistencyConfig]):
             r.alias("r"),
             (ends_with_assistant[0] & (c.str.strip_chars() != "")).alias("_c_ok"),
             (ends_with_assistant[1] & (r.str.strip_chars() != "")).alias("_r_ok"),
-            (normalized(c) == normalized(r)).alias("_identical"),
             pl.col("meta"),
         )
+        # normalized_series: `normalized`, with NFKC only on rows that have a non-ASCII character (same text)
+        identical = (normalized_series(work["c"]) == normalized_series(work["r"])).alias("_identical")
         chosen, rejected, metas = work["c"].to_list(), work["r"].to_list(), [_meta(m) for m in work["meta"].to_list()]
         similarity = pair_similarities(chosen, rejected, cfg.near_identical, exact=cfg.similarity == "exact")
         truncated = [truncation(m, a, b, cfg.truncation_heuristic) for m, a, b in zip(metas, chosen, rejected)]
@@ -186,7 +187,7 @@ class PreferenceConsistency(Stage[ConsistencyConfig]):
             pl.Series("_verdicts", verdict_text, dtype=pl.String),
             work["_c_ok"],
             work["_r_ok"],
-            work["_identical"],
+            identical,
         )
         empty_side = pl.when(~pl.col("_c_ok")).then(pl.lit("chosen")).otherwise(pl.lit("rejected"))
         scored = decide(scored, ~pl.col("_c_ok") | ~pl.col("_r_ok"), "empty_response", empty_side)
