@@ -101,7 +101,8 @@ def ingest(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="the source name recorded in each row (default: file stem)"),
     rows_per_shard: int = typer.Option(100_000, help="rows per parquet shard"),
-    workers: int = typer.Option(1, help="processes that parse and convert (same output; for large sources)"),
+    workers: Optional[int] = typer.Option(
+        None, help="processes that parse and convert (same output); default: from the CPU count for large files"),
 ) -> None:
     """Read SOURCES in any supported format and write normalized shards, rejected rows and stats."""
     from alignmix.pipeline.ingest import IngestError, ingest_sources

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import pickle
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -187,15 +188,50 @@ def _map_in_order(fn: Callable[[list[RawRecord], int], _Part], jobs: Iterator[tu
         return
     # spawn, not fork: polars and pyarrow hold threads that a forked child would inherit half-alive
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque[tuple[list[RawRecord], Future[_Part]]] = deque()
+        pending: deque[tuple[list[RawRecord], Future[bytes]]] = deque()
         for batch, index in jobs:
-            pending.append((batch, pool.submit(fn, batch, index)))
+            pending.append((batch, pool.submit(_in_worker, fn, _pack(batch), index)))
             if len(pending) >= 2 * workers:
                 done_batch, future = pending.popleft()
-                yield done_batch, future.result()
+                yield done_batch, pickle.loads(future.result())
         while pending:
             done_batch, future = pending.popleft()
-            yield done_batch, future.result()
+            yield done_batch, pickle.loads(future.result())
+
+
+def _pack(batch: list[RawRecord]) -> tuple[Any, ...]:
+    """A batch as sent to a worker process: unparsed JSON Lines of one file as one bytes object (with the line
+    ends, record and line numbers), which pickles in one copy instead of 2,000 objects; other batches as they are.
+    """
+    first = batch[0] if batch else None
+    if first is None or any(r.parsed or r.file != first.file for r in batch):
+        return ("records", batch)
+    ends = array("q")
+    total = 0
+    for r in batch:
+        assert r.raw is not None
+        total += len(r.raw)
+        ends.append(total)
+    numbers = array("q", [r.record for r in batch])
+    lines = array("q", [r.line or 0 for r in batch])
+    return ("lines", first.file, numbers.tobytes(), lines.tobytes(), ends.tobytes(), b"".join(r.raw for r in batch))
+
+
+def _unpack(packed: tuple[Any, ...]) -> list[RawRecord]:
+    if packed[0] == "records":
+        return packed[1]
+    _, file, numbers, lines, ends, blob = packed
+    starts = 0
+    batch = []
+    for number, line, end in zip(array("q", numbers), array("q", lines), array("q", ends)):
+        batch.append(RawRecord(None, file, number, line, blob[starts:end], parsed=False))
+        starts = end
+    return batch
+
+
+def _in_worker(fn: Callable[[list[RawRecord], int], _Part], packed: tuple[Any, ...], index: int) -> bytes:
+    """Runs in a worker process: the converted batch, pickled with protocol 5 (Arrow buffers in one copy)."""
+    return pickle.dumps(fn(_unpack(packed), index), protocol=5)
 
 
 @dataclass

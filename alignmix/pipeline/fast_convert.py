@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -79,6 +80,10 @@ def convert_fast(adapter_name: str, kind: RowKind, source: str, batch: list[RawR
             if rec.error is not None or type(rec.value) is not dict:
                 return None
             records.append(rec.value)
+        if adapter_name == "pairs":
+            plain = _plain_pairs(records, consumed, source, index)
+            if plain is not None:
+                return plain
         if kind == "preference":
             return _preference(extract, records, consumed, source, index)
         return _conversations(extract, records, consumed, kind, source, index)
@@ -373,6 +378,77 @@ def _preference(extract: Callable[..., Any], records: list[dict[str, Any]], cons
          pa.array([str(index + i) for i in range(n)], pa.string()), pa.array(metas, pa.string())],
         schema=SCHEMAS["preference"])
     return FastBatch(table, ids, turns_n, chosen_chars, rejected_chars)
+
+
+def _pairs_meta(record: dict[str, Any], consumed: frozenset[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """adapters._pairs: the two scores (top level, else under `metadata`) and the meta dict."""
+    meta = _meta(record, consumed)
+    metadata = record.get("metadata")
+    extra = metadata
+    if isinstance(extra, dict):
+        extra = {k: v for k, v in extra.items() if k not in ("score_chosen", "score_rejected")}
+    if extra:
+        meta["metadata"] = extra
+    within = metadata if isinstance(metadata, dict) else {}
+    s_chosen = record["score_chosen"] if "score_chosen" in record else within.get("score_chosen")
+    s_rejected = record["score_rejected"] if "score_rejected" in record else within.get("score_rejected")
+    return s_chosen, s_rejected, meta
+
+
+def _plain_pairs(records: list[dict[str, Any]], consumed: frozenset[str], source: str, index: int) -> FastBatch | None:
+    """`pairs` records without a system prompt (the usual trl-lib form), the commonest large preference file.
+
+    Each row is prompt, [user prompt, assistant chosen], [user prompt, assistant rejected]: the prompt is
+    serialized once for the id and converted to Arrow once, the two message columns put together by Arrow
+    (`take`) from the prompt, chosen and rejected columns. None when a record has a system prompt (the general
+    preference builder takes the batch); _Slow when one would be rejected.
+    """
+    prompts, chosens, rejecteds, score_c, score_r, ids, metas = [], [], [], [], [], [], []
+    blake2b, dumps = hashlib.blake2b, orjson.dumps
+    for record in records:
+        prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
+        if type(prompt) is not str or type(chosen) is not str or type(rejected) is not str:
+            raise _Slow
+        system = record.get("system")
+        if system is not None:
+            if type(system) is not str:
+                raise _Slow
+            if system:
+                return None
+        # `not text.strip()` is `not text or text.isspace()`: the same whitespace, without a copy
+        if not prompt or prompt.isspace() or not chosen or chosen.isspace() or not rejected or rejected.isspace():
+            raise _Slow
+        s_chosen, s_rejected, meta = _pairs_meta(record, consumed)
+        score_c.append(_score(s_chosen))
+        score_r.append(_score(s_rejected))
+        p = dumps(_nfc(prompt).strip())
+        key = b"".join((b'{"chosen":[["user",', p, b'],["assistant",', dumps(_nfc(chosen).strip()),
+                        b']],"prompt":', p, b',"rejected":[["user",', p, b'],["assistant",',
+                        dumps(_nfc(rejected).strip()), b"]]}"))  # = orjson.dumps(content_id's key, sorted keys)
+        ids.append(blake2b(key, digest_size=16).hexdigest())
+        metas.append(_meta_text(meta))
+        prompts.append(prompt)
+        chosens.append(chosen)
+        rejecteds.append(rejected)
+    n = len(records)
+    prompt_col = pa.array(prompts, pa.string())
+    pairs = np.empty(2 * n, dtype=np.int64)  # [p0, x0, p1, x1, ...] as positions in concat(prompts, answers)
+    pairs[0::2] = np.arange(n)
+    pairs[1::2] = np.arange(n, 2 * n)
+    offsets = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+    roles = pa.array(["user", "assistant"] * n, pa.string())
+
+    def conversation(answers: list[str]) -> pa.Array:
+        contents = pa.concat_arrays([prompt_col, pa.array(answers, pa.string())]).take(pa.array(pairs))
+        return pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays([roles, contents], fields=list(MESSAGE)))
+
+    table = pa.Table.from_arrays(
+        [prompt_col, conversation(chosens), conversation(rejecteds),
+         pa.array(score_c, pa.float64()), pa.array(score_r, pa.float64()),
+         pa.array(ids, pa.string()), pa.array([source] * n, pa.string()),
+         pa.array([str(index + i) for i in range(n)], pa.string()), pa.array(metas, pa.string())],
+        schema=SCHEMAS["preference"])
+    return FastBatch(table, ids, [2] * n, [len(c) for c in chosens], [len(r) for r in rejecteds])
 
 
 # The per-row id function, for the doctest above and for readers comparing the two.

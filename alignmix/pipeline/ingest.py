@@ -26,6 +26,7 @@ processes, dropping repeated ids with `seen_ids`), `rejected` (the rejected reco
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -71,7 +72,7 @@ def ingest_source(
     out_dir: str | Path,
     rows_per_shard: int = ROWS_PER_SHARD,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[Progress, int], None] | None = None,
     fast: bool = True,
@@ -83,6 +84,7 @@ def ingest_source(
     finished stats are returned and nothing is read (`stats["resumed"]` is True).
     `workers` > 1 parses and converts in that many processes, `batch_size` records at a time; neither changes
     a byte of the output (the script that calls it with workers > 1 needs an `if __name__ == "__main__":` guard).
+    `workers=None` takes `default_workers(...)` from the CPU count and the source's size.
     `on_progress(progress, rows_in)` is called after each batch. `fast=False` converts every batch record by
     record (the reference the fast path is tested against; same bytes, slower).
     """
@@ -101,6 +103,8 @@ def ingest_source(
         return {**stats, "resumed": True}
 
     start = time.perf_counter()
+    if workers is None:
+        workers = default_workers(loc)
     run = SourceRun(spec.name)
     progress = Progress()
     writer: BackgroundShards | None = None
@@ -132,6 +136,32 @@ def ingest_source(
     outputs = [store.root / s["file"] for s in shards] + [store.rejected_path(stage)]
     store.mark_done(stage, stage_fp, stats, outputs)
     return {**stats, "resumed": False}
+
+
+# Below this, worker processes cost more to start (each imports pyarrow, polars, orjson: ~1-2 s) than they save.
+WORKERS_FROM_BYTES = 64 << 20
+
+
+def default_workers(loc: Location, cpus: int | None = None) -> int:
+    """Worker processes for a source when none are asked for: one per CPU but the one this process needs
+    (it reads, drops duplicates and, in a thread, compresses parquet), at most 4, for local files of
+    WORKERS_FROM_BYTES or more; else 1 (conversion in this process).
+
+    On two CPUs that is 1: the parquet thread already takes the second, and measured on a shared 2-CPU machine
+    (bench/ingest.py) two worker processes were slower than none, the batches being pickled both ways.
+
+    >>> big = Location("files", "big.jsonl", files=[])
+    >>> default_workers(big, cpus=2), default_workers(big, cpus=16)   # an empty file list: 0 bytes
+    (1, 1)
+    """
+    cpus = cpus or os.cpu_count() or 1
+    if cpus <= 2 or loc.kind != "files":
+        return 1
+    try:
+        size = sum(f.stat().st_size for f in loc.files)
+    except OSError:
+        return 1
+    return min(cpus - 1, 4) if size >= WORKERS_FROM_BYTES else 1
 
 
 class BackgroundShards:
@@ -314,7 +344,7 @@ def ingest_sources(
     name: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> IngestSummary:
     """Ingest each source into a store folder: `out` itself for one source, `out/<name>/` for several.
 
@@ -348,7 +378,8 @@ def ingest_sources(
     return IngestSummary(out, results, folders)
 
 
-def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int, workers: int) -> dict[str, Any]:
+def _ingest_with_progress(spec: SourceSpec, folder: Path, rows_per_shard: int, workers: int | None
+                          ) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     with Bar(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[rows]}"),
@@ -374,6 +405,7 @@ __all__ = [
     "REJECTED_SCHEMA",
     "SeenIds",
     "convert_batches",
+    "default_workers",
     "ingest_source",
     "ingest_sources",
     "read_rejected",

@@ -215,7 +215,7 @@ def _read_json_lines(path: Path, rel: str, batch_size: int, parse: bool = True
             for lineno, line in enumerate(stream, start=1):
                 if lineno == 1 and line.startswith(codecs.BOM_UTF8):
                     line = line[len(codecs.BOM_UTF8):]  # written by some Windows tools; not part of the JSON
-                if not line.strip():
+                if not line or line.isspace():  # = not line.strip(), without copying the line
                     continue  # blank lines (a trailing newline, spacing) are not records
                 number += 1
                 if parse:
