@@ -150,8 +150,11 @@ def _synth_spec(config: Optional[Path], **options) -> dict:
 def _run_synth(call) -> dict:
     from pydantic import ValidationError
 
+    from alignmix.pipeline.progress import progress_bars
+
     try:
-        return call()
+        with progress_bars(True, console):  # requests, tokens/s, ETA (a final line when not a terminal)
+            return call()
     except (ValidationError, ValueError, FileNotFoundError, ImportError) as err:
         fail(str(err))
         raise
@@ -372,6 +375,7 @@ def mix(
     from alignmix.filters.apply import curate_recipe
     from alignmix.pipeline import curation
     from alignmix.pipeline.mixing import MixError
+    from alignmix.pipeline.progress import progress_bars
     from alignmix.pipeline.recipe import RecipeError, load_recipe
     from alignmix.pipeline.store import MixStore
 
@@ -389,7 +393,8 @@ def mix(
             part_dirs[source.name] = str(folder)
             again = " (finished in an earlier run)" if stats.get("resumed") else ""
             log(f"read {source.name}: {stats['rows_in']} rows in, {stats['rows_kept']} kept{again}")
-        curated_path = curate_recipe(r, part_dirs, log=log)
+        with progress_bars(console.is_terminal, console):  # rows scored per stage, rows/s, ETA
+            curated_path = curate_recipe(r, part_dirs, log=log)
         curation.prune_stale(r, part_dirs)
         manifest = curation.mix_curated(r, curated_path)
     except (MixError, ValueError, FileNotFoundError, RuntimeError) as err:
@@ -552,10 +557,12 @@ def build(
 ) -> None:
     """Run the build-ultrafeedback-mix flow without a server (Prefect's ephemeral mode)."""
     from alignmix.flows.build import build_ultrafeedback_mix
+    from alignmix.pipeline.progress import progress_bars
     from alignmix.pipeline.recipe import RecipeError
 
     try:
-        result = build_ultrafeedback_mix(recipe, dask_address=dask_address)
+        with progress_bars(console.is_terminal, console):  # besides the flow's progress lines in its log
+            result = build_ultrafeedback_mix(recipe, dask_address=dask_address)
     except RecipeError as err:
         fail(str(err))
     console.print(f"[bold]mix:[/] {result['mix_dir']}  splits: {result.get('splits')}")

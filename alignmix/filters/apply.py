@@ -33,6 +33,7 @@ from alignmix.pipeline.curation import (
     write_curated,
 )
 from alignmix.pipeline.inputs import read_input
+from alignmix.pipeline.progress import track
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.stage import Stage, StageResult, StageStats
 from alignmix.pipeline.store import MixStore, write_shards
@@ -41,28 +42,48 @@ class StageFailed(RuntimeError):
     """A curation stage raised: the message names the stage, its place in the list, and its input."""
 
 
-# (stage, consecutive shards) -> one result per shard, in order: scored frames, or MinHash sketches.
-ShardMap = Callable[[Stage, list[pl.DataFrame]], list[Any]]
+# (stage, consecutive shards, shard_done) -> one result per shard, in order: scored frames, or MinHash sketches.
+# `shard_done(rows)` is called as each shard's result arrives (progress; see alignmix.pipeline.progress).
+ShardMap = Callable[..., list[Any]]
 
 
-def score_in_process(stage: Stage, shards: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    return [stage.score(s) for s in shards]
+def _no_progress(rows: int) -> None:
+    pass
 
 
-def sketch_in_process(stage: Stage, shards: list[pl.DataFrame]) -> list[Any]:
+def score_in_process(stage: Stage, shards: list[pl.DataFrame], shard_done: Callable[[int], None] = _no_progress
+                     ) -> list[pl.DataFrame]:
+    out = []
+    for s in shards:
+        out.append(stage.score(s))
+        shard_done(s.height)
+    return out
+
+
+def sketch_in_process(stage: Stage, shards: list[pl.DataFrame], shard_done: Callable[[int], None] = _no_progress
+                      ) -> list[Any]:
     assert isinstance(stage, NearDedup)
-    return [stage.sketch(s) for s in shards]
+    out = []
+    for s in shards:
+        out.append(stage.sketch(s))
+        shard_done(s.height)
+    return out
 
 
 def run_stage(stage: Stage, frame: pl.DataFrame, shard_rows: int = DEFAULT_SHARD_ROWS,
               score: ShardMap = score_in_process, sketch: ShardMap = sketch_in_process) -> StageResult:
-    """One stage over `frame`, sharded: the same result as `stage.run(frame)`, with the shard work mapped."""
+    """One stage over `frame`, sharded: the same result as `stage.run(frame)`, with the shard work mapped.
+    Progress (rows scored, per shard) goes wherever the caller sent it (`progress_bars`, `progress_log`)."""
     start = time.perf_counter()
-    if stage.row_local:
-        return stage.finish(pl.concat(score(stage, split(frame, shard_rows))), start)
-    if isinstance(stage, NearDedup):
-        return stage.finish(stage.score_sketches(frame, sketch(stage, split(frame, shard_rows))), start)
-    return stage.run(frame)
+    with track(f"curate {stage.name}", frame.height, unit="rows") as progress:
+        if stage.row_local:
+            return stage.finish(pl.concat(score(stage, split(frame, shard_rows), progress.advance)), start)
+        if isinstance(stage, NearDedup):
+            return stage.finish(stage.score_sketches(frame, sketch(stage, split(frame, shard_rows), progress.advance)),
+                                start)
+        result = stage.run(frame)
+        progress.advance(frame.height)
+        return result
 
 
 def run_stages(

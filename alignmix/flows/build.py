@@ -15,6 +15,7 @@ killed run resumes where it stopped and reruns give the same bytes. Every flow t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from alignmix.flows.runner import task_runner_for
 from alignmix.filters.apply import curate_recipe
 from alignmix.filters.near_dedup import NearDedup
 from alignmix.pipeline import curation
+from alignmix.pipeline.progress import progress_log
 from alignmix.pipeline.recipe import Recipe
 from alignmix.pipeline.stage import Stage
 from alignmix.pipeline.store import MixStore
@@ -36,6 +38,13 @@ from alignmix.pipeline.store import MixStore
 # endpoint, a worker lost). Curation and mixing are deterministic: a retry would fail the same way.
 IO_RETRIES = 2
 GENERATION_RETRIES = 1
+# Seconds between progress lines ("magpie demo: 1,024/20,000 requests, 412 tok/s, ETA 41m") in the run log.
+PROGRESS_EVERY = float(os.environ.get("ALIGNMIX_PROGRESS_SECONDS", "30"))
+
+
+def _progress_to_run_log():
+    """Progress of everything tracked inside the `with`, as a line in this run's log every PROGRESS_EVERY s."""
+    return progress_log(get_run_logger().info, every=PROGRESS_EVERY)
 
 
 # --- tasks --------------------------------------------------------------------------------------------------
@@ -55,7 +64,8 @@ def generate_task(recipe: Recipe, name: str) -> str:
     spec = next(g for g in recipe.generators if g.get("name") == name)
     out = curation.work_dir(recipe) / "generated" / name
     try:
-        stats = run_generator({"seed": recipe.seed, **spec}, out)
+        with _progress_to_run_log():
+            stats = run_generator({"seed": recipe.seed, **spec}, out)
     except Exception as err:
         raise RuntimeError(f"stage generate failed on generator {name!r} ({spec.get('kind')}): {err}") from err
     curation.publish_part(out, recipe.out_dir())
@@ -74,7 +84,8 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
     frames = [MixStore(d).read() for d in prompt_dirs]
     prompts = pl.concat(frames, how="diagonal_relaxed") if frames else None
     try:
-        stats = build_preferences(prompts, spec, out)
+        with _progress_to_run_log():
+            stats = build_preferences(prompts, spec, out)
     except Exception as err:
         raise RuntimeError(f"stage build-preferences failed on prompts from {prompt_dirs}: {err}") from err
     curation.publish_part(out, recipe.out_dir())
@@ -98,12 +109,21 @@ def sketch_shard_task(stage: NearDedup, shard: pl.DataFrame) -> Any:
     return stage.fresh().sketch(shard)
 
 
-def _score_on_tasks(stage: Stage, shards: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    return [f.result() for f in score_shard_task.map(unmapped(stage), shards)]
+def _results(futures: Any, shards: list[pl.DataFrame], shard_done: Any) -> list[Any]:
+    out = []
+    for f, shard in zip(futures, shards):
+        out.append(f.result())
+        shard_done(shard.height)
+    return out
 
 
-def _sketch_on_tasks(stage: Stage, shards: list[pl.DataFrame]) -> list[Any]:
-    return [f.result() for f in sketch_shard_task.map(unmapped(stage), shards)]
+def _score_on_tasks(stage: Stage, shards: list[pl.DataFrame], shard_done: Any = lambda rows: None
+                    ) -> list[pl.DataFrame]:
+    return _results(score_shard_task.map(unmapped(stage), shards), shards, shard_done)
+
+
+def _sketch_on_tasks(stage: Stage, shards: list[pl.DataFrame], shard_done: Any = lambda rows: None) -> list[Any]:
+    return _results(sketch_shard_task.map(unmapped(stage), shards), shards, shard_done)
 
 
 @task(name="mix", cache_policy=NO_CACHE)
@@ -174,7 +194,8 @@ def curate_flow(recipe: str, part_dirs: dict[str, str] | None = None, dask_addre
 
 @flow(name="curate-stages", log_prints=True)
 def _curate_stages(recipe: Recipe, part_dirs: dict[str, str]) -> str:
-    return curate_recipe(recipe, part_dirs, score=_score_on_tasks, sketch=_sketch_on_tasks, log=print)
+    with _progress_to_run_log():
+        return curate_recipe(recipe, part_dirs, score=_score_on_tasks, sketch=_sketch_on_tasks, log=print)
 
 
 # log_prints=False, even under a parent flow that logs prints: `datasets` hashes TRL's map functions with dill,
@@ -210,7 +231,8 @@ def _train(recipe: Recipe, kind: str) -> dict[str, Any] | None:
         config = config.model_copy(update={"model": model})
     run = train_sft if kind == "sft" else train_dpo
     try:
-        result = run(recipe.out_dir(), out, config)
+        with _progress_to_run_log():
+            result = run(recipe.out_dir(), out, config)
     except Exception as err:
         raise RuntimeError(f"stage train-{kind} failed on mix {recipe.out_dir()}: {err}") from err
     get_run_logger().info("train-%s: adapter at %s", kind, result.get("adapter"))

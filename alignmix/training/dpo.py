@@ -32,6 +32,7 @@ from alignmix.training.data import (
     read_split,
 )
 from alignmix.training.metrics import MetricsCallback
+from alignmix.training.progress import TrainingProgress
 from alignmix.training.modeling import lora_config, load_policy, reference
 from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_finish, trainer_kwargs
 
@@ -164,7 +165,8 @@ def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> d
         warn_margin_growth=config.warn_margin_growth,
         warn_chosen_logps_drop=config.warn_chosen_logps_drop,
     )
-    trainer = build_dpo_trainer(config, layout, model, tokenizer, train.rows, [metrics_cb])
+    callbacks = [metrics_cb, TrainingProgress("train-dpo")]
+    trainer = build_dpo_trainer(config, layout, model, tokenizer, train.rows, callbacks)
     policy = trainer.model
     beta = float(config.beta)
 

@@ -21,6 +21,7 @@ from alignmix.training import evaluate as ev
 from alignmix.training.config import SFTTrainConfig
 from alignmix.training.data import TrainingDataError, has_split, read_sft_split, sft_examples
 from alignmix.training.metrics import MetricsCallback
+from alignmix.training.progress import TrainingProgress
 from alignmix.training.modeling import lora_config, load_policy, reference
 from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_finish, trainer_kwargs
 
@@ -36,6 +37,7 @@ def build_sft_trainer(config: SFTTrainConfig, layout: Layout, model: Any, tokeni
         assistant_only_loss=False,  # the mask comes with the rows (assistant_masks), see data.tokenize_sft
         completion_only_loss=False,
         packing=False,
+        include_num_input_tokens_seen="non_padding",  # tokens/s in the progress lines (TrainingProgress)
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
     return SFTTrainer(
@@ -72,7 +74,8 @@ def _train_sft(mix_dir: str | Path, layout: Layout, config: SFTTrainConfig) -> d
     if not train.rows:
         raise TrainingDataError(f"{mix_dir}: no usable SFT rows in train ({train.rejected_counts()})")
     metrics_cb = MetricsCallback(layout.metrics)
-    trainer = build_sft_trainer(config, layout, model, tokenizer, train.rows, [metrics_cb])
+    callbacks = [metrics_cb, TrainingProgress("train-sft")]
+    trainer = build_sft_trainer(config, layout, model, tokenizer, train.rows, callbacks)
     policy = trainer.model
 
     prompts = [c[:-1] for c in test_convs][: config.generations]
