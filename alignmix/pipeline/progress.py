@@ -77,6 +77,11 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _rate(per_second: float) -> str:
+    """`_rate(0.5)` -> '0.5', `_rate(72528.3)` -> '72,528': a decimal only where it says something."""
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.1f}"
+
+
 def progress_line(description: str, done: int, total: int | None, unit: str, tokens: int, elapsed: float,
                   fields: dict[str, Any] | None = None) -> str:
     """One line of progress: done/total, tokens/s (or units/s when nothing counts tokens), ETA from the rate so far.
@@ -91,7 +96,7 @@ def progress_line(description: str, done: int, total: int | None, unit: str, tok
     if tokens:
         parts.append(f"{tokens / elapsed:,.0f} tok/s")
     else:
-        parts.append(f"{done / elapsed:,.1f} {unit}/s")
+        parts.append(f"{_rate(done / elapsed)} {unit}/s")
     if total and done >= total:
         parts.append(f"done in {_duration(elapsed)}")
     elif total and done > 0:
