@@ -8,12 +8,6 @@ Rules, in order (a row carries the first one it breaks), with an example detail:
     low_margin             score_chosen - score_rejected < min_margin           "0.5 < 1.0"
     identical_pair         the responses are equal after normalization          "1.0"
     near_identical_pair    word similarity of the responses >= near_identical   "0.9412"
-
-`pair_similarity` is difflib's ratio over the case-folded words wherever a pair could reach `near_identical`.
-A pair that cannot, because its word-multiset overlap (difflib's `quick_ratio`, an upper bound of `ratio`)
-is already below the threshold, records that bound instead: the same decisions, at a tenth of the cost on
-UltraFeedback-length responses (about 0.5 ms per pair for the ratio). `similarity: exact` records the ratio for
-every pair.
     position_inconsistent  a pairwise judge's verdict flips with the order      "chosen first: chosen; rejected first: rejected"
 
 Metadata the rules read from `meta` (JSON), as binarization and the pairwise judge record it (the format is
@@ -24,6 +18,12 @@ Metadata the rules read from `meta` (JSON), as binarization and the pairwise jud
                                {"first": "rejected", "winner": "rejected", ...}], "consistent": false, ...}}
 
 `winner` names the response the judge preferred (chosen or rejected), not its position.
+
+`pair_similarity` is difflib's ratio over the case-folded words wherever a pair could reach `near_identical`.
+A pair that cannot, because its word-multiset overlap (difflib's `quick_ratio`, an upper bound of `ratio`)
+is already below the threshold, records that bound instead: the same decisions, at about a sixth of the cost on
+UltraFeedback-length responses (difflib's ratio takes about 0.5 ms a pair). `similarity: exact` records the
+ratio for every pair.
 """
 
 from __future__ import annotations
