@@ -207,3 +207,23 @@ def test_a_closing_line_when_the_step_ends_between_two_lines():
             clock.now += 12
             t.advance(90)
     assert lines == ["curate near_dedup: 90/90 rows, 7.5 rows/s, done in 12s"]
+
+
+@pytest.mark.slow
+def test_real_sft_reports_every_step_with_tokens_and_loss(shared_data, tmp_path):
+    """The callback in a real SFTTrainer run (default model, real Alpaca rows): one line per step, non-padding
+    tokens counted by transformers, the loss from the trainer's log."""
+    from alignmix.training import train_sft
+    from alignmix.training.config import load_config
+    from tests.training.conftest import build_mix
+
+    mix = build_mix(shared_data, tmp_path / "mix", "sft", n_train=4, n_test=2)
+    cfg = load_config("sft", overrides=["batch_size=2", "max_length=64", "warmup_ratio=0", "eval_rows=0",
+                                        "generations=0", "max_steps=3", "logging_steps=1"])
+    lines: list[str] = []
+    with progress_log(lines.append, every=0):
+        train_sft(mix, tmp_path / "run", cfg)
+    steps = [line for line in lines if line.startswith("train-sft:")]
+    assert [re.match(r"train-sft: (\d)/3 steps", line).group(1) for line in steps] == ["1", "2", "3"]
+    assert all("tok/s" in line for line in steps)
+    assert "done in" in steps[-1] and re.search(r"loss \d", steps[-1])
