@@ -227,3 +227,24 @@ def test_real_sft_reports_every_step_with_tokens_and_loss(shared_data, tmp_path)
     assert [re.match(r"train-sft: (\d)/3 steps", line).group(1) for line in steps] == ["1", "2", "3"]
     assert all("tok/s" in line for line in steps)
     assert "done in" in steps[-1] and re.search(r"loss \d", steps[-1])
+
+
+def test_cli_mix_shows_a_bar_per_curation_stage_in_a_terminal(shared_data, monkeypatch, tmp_path):
+    import yaml
+
+    from alignmix import cli
+
+    recipe = {
+        "name": "barmix",
+        "sources": [{"name": "uf", "path": str(shared_data / "ultrafeedback/eval_clean.jsonl"), "limit": 120}],
+        "curation": [{"stage": "exact_dedup", "field": "prompt"}, {"stage": "quality"}],
+        "mix": {"sources": {"uf": {"fraction": 1.0}}},
+        "task_runner": {"shard_rows": 50},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.setattr(cli, "console", Console(force_terminal=True, width=160, color_system=None))
+    result = CliRunner().invoke(cli.app, ["mix", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    kept = int(re.search(r"exact_dedup: 120 in, (\d+) kept", result.output).group(1))
+    for stage, rows in (("exact_dedup", 120), ("quality", kept)):
+        assert f"curate {stage}" in result.output and f"{rows}/{rows} rows" in result.output
