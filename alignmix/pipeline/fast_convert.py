@@ -253,20 +253,8 @@ def _pairs(record: dict[str, Any], consumed: frozenset[str]) -> tuple[Any, ...]:
     chosen = _text(record.get("chosen"))
     rejected = _text(record.get("rejected"))
     head = _system(record) + [("user", prompt)]
-    meta = _meta(record, consumed)
-    metadata = record.get("metadata")
-    extra = metadata
-    if isinstance(extra, dict):
-        extra = {k: v for k, v in extra.items() if k not in ("score_chosen", "score_rejected")}
-    if extra:
-        meta["metadata"] = extra
-    scores = []
-    for key in ("score_chosen", "score_rejected"):  # adapters._score: top level, else under metadata
-        if key in record:
-            scores.append(record[key])
-        else:
-            scores.append(metadata.get(key) if isinstance(metadata, dict) else None)
-    return (prompt, head + [("assistant", chosen)], head + [("assistant", rejected)], scores[0], scores[1], meta)
+    s_chosen, s_rejected, meta = _pairs_meta(record, consumed)
+    return (prompt, head + [("assistant", chosen)], head + [("assistant", rejected)], s_chosen, s_rejected, meta)
 
 
 _EXTRACTORS: dict[str, Callable[..., Any]] = {

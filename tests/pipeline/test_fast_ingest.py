@@ -221,3 +221,27 @@ def test_worker_processes_and_fast_path_give_the_per_row_bytes(shared_data, tmp_
     assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in slow["shards"]]
     assert two["dropped"] == slow["dropped"] == {"duplicate_content": 5, "missing_field": 1}
     assert sha256_file(tmp_path / "two/rejected/ingest-s.parquet") == sha256_file(tmp_path / "slow/rejected/ingest-s.parquet")
+
+
+def test_default_workers_follow_the_cpu_count_for_large_files(tmp_path, monkeypatch):
+    from alignmix.pipeline import ingest
+
+    path = _jsonl(tmp_path / "x.jsonl", [{"messages": [{"role": U, "content": "q"}, {"role": A, "content": "a"}]}])
+    loc = locate(str(path))
+    monkeypatch.setattr(ingest, "WORKERS_FROM_BYTES", path.stat().st_size)
+    assert [ingest.default_workers(loc, cpus=c) for c in (1, 2, 3, 8, 64)] == [1, 1, 2, 4, 4]
+    monkeypatch.setattr(ingest, "WORKERS_FROM_BYTES", path.stat().st_size + 1)
+    assert ingest.default_workers(loc, cpus=8) == 1
+
+
+def test_the_shard_thread_hands_its_error_to_the_caller(tmp_path):
+    import pyarrow as pa
+
+    from alignmix.pipeline.ingest import BackgroundShards
+    from alignmix.pipeline.store import ShardWriter
+
+    shards = BackgroundShards(ShardWriter(tmp_path / "data", "train", "sft", rows_per_shard=2))
+    shards.write(pa.table({"text": ["a"]}))
+    shards.write(pa.table({"other": [1]}))  # the shard is full: concatenating the two fails, in the thread
+    with pytest.raises(pa.ArrowInvalid, match="[Ss]chema"):
+        shards.close()
