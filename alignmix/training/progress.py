@@ -2,7 +2,8 @@
 
 `TrainingProgress("train-sft")` is a transformers TrainerCallback that feeds `alignmix.pipeline.progress.track`:
 under a flow's `progress_log(...)` the run log gets a line such as
-`train-sft: 30/120 steps, 512 tok/s, ETA 3m, loss 1.234` every N seconds and one at the end. transformers'
+`train-sft: 30/120 steps, 0.5 steps/s, ETA 3m, loss 1.234` every N seconds (tokens/s where the
+trainer counts input tokens) and one at the end. transformers'
 own tqdm bar already shows in a terminal, so this adds no second bar.
 """
 

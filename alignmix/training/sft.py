@@ -37,7 +37,6 @@ def build_sft_trainer(config: SFTTrainConfig, layout: Layout, model: Any, tokeni
         assistant_only_loss=False,  # the mask comes with the rows (assistant_masks), see data.tokenize_sft
         completion_only_loss=False,
         packing=False,
-        include_num_input_tokens_seen="non_padding",  # tokens/s in the progress lines (TrainingProgress)
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
     return SFTTrainer(
