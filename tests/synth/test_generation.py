@@ -55,6 +55,22 @@ def test_per_request_seeds_give_different_samples(backend):
     assert len({r.text for r in backend.generate(own_seed)}) == 3
 
 
+def test_sampled_request_gives_the_same_text_alone_or_in_any_batch(backend):
+    """The per-request-seed contract through `model.generate`: the row's own generator draws its tokens, and a
+    row that stops early (max_new_tokens 3, or a stop string) does not change the others."""
+    pre = "<|im_start|>user\n"
+    target = GenerationRequest(prompt=pre, params=SamplingParams(max_new_tokens=12, seed=7, stop=("<|im_end|>",)))
+    others = [
+        GenerationRequest(prompt=pre, params=SamplingParams(max_new_tokens=3, seed=8)),
+        GenerationRequest(messages=[{"role": "user", "content": "Say hi."}], params=SamplingParams(max_new_tokens=12, temperature=0)),
+    ]
+    alone = backend.generate([target])[0]
+    mixed = backend.generate([others[0], target, others[1]])
+    assert mixed[1] == alone
+    assert mixed[0].completion_tokens == 3 and mixed[0].finish_reason == "length"
+    assert alone.completion_tokens > 0
+
+
 def test_magpie_rows_meta_counts_and_resume(backend, tmp_path):
     out = tmp_path / "magpie"
     stats = run_generator(MAGPIE, out, backend=backend)

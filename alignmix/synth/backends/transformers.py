@@ -1,8 +1,12 @@
-"""The transformers backend: the CPU default. Batched decoding with left padding and the KV cache, written
-out as a plain loop so that every request keeps its own sampling parameters, seed and stop strings.
+"""The transformers backend: the CPU default. Batched decoding through transformers' own `model.generate`
+(left padding, KV cache), with every request keeping its own sampling parameters, seed and stop strings: a
+logits processor draws each row's token with that request's seeded generator, and a stopping criterion ends
+each row at eos, at its own stop strings or at its own max_new_tokens. The same request with the same seed thus
+gives the same text whatever batch it lands in.
 
-Requests are sorted by prompt length before batching (less padding); finished rows leave the batch and the
-cache (`batch_select_indices`), so a long answer does not keep short ones computing.
+Requests are sorted by prompt length before batching (less padding). `bench/generate.py` measured the former
+hand-written loop (finished rows left the batch and the cache) against batched `generate`: it did not reach the
+1.5x that would justify keeping it (issue 14), so the backend uses `generate`.
 """
 
 from __future__ import annotations
@@ -64,8 +68,7 @@ class TransformersBackend(LocalModelBackend):
         self.eos_ids = eos_ids
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
         params = inspect.signature(self.lm.forward).parameters
-        # transformers 5 renamed past_key_values to cache; only the last position's logits are needed.
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # only the last position's logits are needed (next-token probabilities).
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     def _release(self) -> None:
@@ -107,68 +110,67 @@ class TransformersBackend(LocalModelBackend):
         return results
 
     def _batch(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None) -> list[GenerationResult]:
+        """One batch through `model.generate`: each row draws its token with its own seeded generator (a logits
+        processor that leaves only the drawn token, decoded greedily), and stops at eos, at its own stop strings
+        or at its own max_new_tokens (a per-row stopping criterion)."""
         import torch
-        from transformers import DynamicCache
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         n = len(ids)
-        input_ids, attention, positions = _left_pad(ids, self.pad_id)
+        input_ids, attention, _ = _left_pad(ids, self.pad_id)
+        width = input_ids.shape[1]
         generators = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in params]
-        tokens: list[list[int]] = [[] for _ in range(n)]
+        length: list[int | None] = [None] * n  # completion tokens kept, set when a row finishes
         finish: list[str] = ["length"] * n
-        active = list(range(n))
-        dev = self.device
-        cache = DynamicCache(config=self.lm.config)
-        kw = {self._cache_arg: cache, "use_cache": True, **self._keep}
-        with torch.inference_mode():
-            out = self.lm(
-                input_ids=input_ids.to(dev), attention_mask=attention.to(dev), position_ids=positions.to(dev), **kw
-            )
-            last_pos = positions[:, -1]
-            while True:
-                logits = out.logits[:, -1, :].float().cpu()
-                chosen = [self._sample(logits[row], params[i], generators[i]) for row, i in enumerate(active)]
-                keep_rows, done = [], 0
-                for row, (i, tok) in enumerate(zip(active, chosen)):
-                    if tok in self.eos_ids:
-                        finish[i] = "stop"
-                        done += 1
+        backend = self
+
+        class PerRowSample(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                logits = scores.float().cpu()
+                chosen = [backend._sample(logits[row], params[row], generators[row]) if length[row] is None else backend.pad_id
+                          for row in range(n)]  # fmt: skip
+                out = torch.full_like(scores, float("-inf"))
+                out[torch.arange(n), torch.tensor(chosen, device=scores.device)] = 0.0
+                return out
+
+        class PerRowStop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = 0
+                for row in range(n):
+                    if length[row] is not None:
                         continue
-                    tokens[i].append(tok)
-                    if params[i].stop and self._hit_stop(tokens[i], params[i].stop):
-                        finish[i] = "stop"
-                        done += 1
-                    elif len(tokens[i]) >= params[i].max_new_tokens:
-                        done += 1
+                    new = input_ids[row, width:].tolist()
+                    if new[-1] in backend.eos_ids:
+                        length[row], finish[row] = len(new) - 1, "stop"
+                    elif params[row].stop and backend._hit_stop(new, params[row].stop):
+                        length[row], finish[row] = len(new), "stop"
+                    elif len(new) >= params[row].max_new_tokens:
+                        length[row] = len(new)
                     else:
-                        keep_rows.append(row)
+                        continue
+                    done += 1
                 if progress:
-                    progress(done, len(active))
-                if not keep_rows:
-                    break
-                if len(keep_rows) < len(active):
-                    index = torch.tensor(keep_rows, dtype=torch.long)
-                    cache.batch_select_indices(index.to(dev))
-                    attention, last_pos = attention[index], last_pos[index]
-                    chosen = [chosen[r] for r in keep_rows]
-                    active = [active[r] for r in keep_rows]
-                attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-                last_pos = last_pos + 1
-                out = self.lm(
-                    input_ids=torch.tensor(chosen, dtype=torch.long).unsqueeze(1).to(dev),
-                    attention_mask=attention.to(dev),
-                    position_ids=last_pos.unsqueeze(1).to(dev),
-                    **kw,
-                )
+                    progress(done, sum(x is None for x in length) + done)
+                return torch.tensor([x is not None for x in length], dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            out = self.lm.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), do_sample=False,
+                max_new_tokens=max(p.max_new_tokens for p in params), eos_token_id=sorted(self.eos_ids),
+                pad_token_id=self.pad_id, logits_processor=LogitsProcessorList([PerRowSample()]),
+                stopping_criteria=StoppingCriteriaList([PerRowStop()]), temperature=None, top_p=None, top_k=None,
+            )  # fmt: skip
         results = []
         for i in range(n):
-            text = self.tokenizer.decode(tokens[i], skip_special_tokens=False)
+            tokens = out[i, width : width + (length[i] if length[i] is not None else out.shape[1] - width)].tolist()
+            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
             text, hit = _cut_at_stop(text, params[i].stop)
             results.append(
                 GenerationResult(
                     text=text,
                     finish_reason="stop" if hit else finish[i],  # type: ignore[arg-type]
                     prompt_tokens=len(ids[i]),
-                    completion_tokens=len(tokens[i]),
+                    completion_tokens=len(tokens),
                 )
             )
         return results
