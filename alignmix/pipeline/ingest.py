@@ -72,7 +72,7 @@ def ingest_source(
     out_dir: str | Path,
     rows_per_shard: int = ROWS_PER_SHARD,
     *,
-    workers: int | None = None,
+    workers: int | None = 1,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[Progress, int], None] | None = None,
     fast: bool = True,
@@ -84,7 +84,8 @@ def ingest_source(
     finished stats are returned and nothing is read (`stats["resumed"]` is True).
     `workers` > 1 parses and converts in that many processes, `batch_size` records at a time; neither changes
     a byte of the output (the script that calls it with workers > 1 needs an `if __name__ == "__main__":` guard).
-    `workers=None` takes `default_workers(...)` from the CPU count and the source's size.
+    `workers=None` (what `alignmix ingest` passes unless told) takes `default_workers(...)` from the CPU count
+    and the source's size; the default stays 1, so a script without that guard keeps working.
     `on_progress(progress, rows_in)` is called after each batch. `fast=False` converts every batch record by
     record (the reference the fast path is tested against; same bytes, slower).
     """
@@ -344,7 +345,7 @@ def ingest_sources(
     name: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
     progress: bool = False,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> IngestSummary:
     """Ingest each source into a store folder: `out` itself for one source, `out/<name>/` for several.
 
