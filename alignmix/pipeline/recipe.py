@@ -3,7 +3,7 @@
     name: demo
     seed: 13
     sources:
-      - {name: uf, path: ../shared/data/ultrafeedback/eval_clean.jsonl}
+      - {name: uf, path: data/ultrafeedback.jsonl}
     mix:
       sources: {uf: {fraction: 1.0}}
     output: {dir: out}

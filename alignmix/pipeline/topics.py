@@ -13,7 +13,7 @@ without either, the prompt is `other`.
     ['writing', 'math', 'safety_sensitive']
 
 Measured on a hand-labelled sample of 172 real prompts (tests/data/topics_labelled.jsonl, which points at rows
-of ../shared/data by file and index): see tests/pipeline/test_topics.py for the accuracy it holds.
+of public datasets by file and index): see tests/pipeline/test_topics.py for the accuracy it holds.
 Rules were chosen over MiniLM embeddings with labelled centroids because they need no model download or
 load (milliseconds per 10k prompts on one core), are deterministic across machines, and an error can be read
 off the rule that fired.
