@@ -10,6 +10,15 @@ for all formats:
     >>> adapter.convert({"instruction": "Add 2 and 3.", "input": "", "output": "5"}, source="demo", source_id="0")[0]["messages"]
     [{'role': 'user', 'content': 'Add 2 and 3.'}, {'role': 'assistant', 'content': '5'}]
 
+Reasoning: every adapter takes an assistant turn's reasoning apart from its answer (`reasoning.split_messages`),
+from inline `<think>` (and R1-Zero's `<answer>`), the `<|begin_of_thought|>` / `<|begin_of_solution|>` markers, or
+a separate `reasoning_content` / `reasoning` field on a message (DeepSeek's API, vLLM, OpenRouter); a malformed
+trace is refused with its reason (`unclosed_reasoning`, `missing_answer`, ...):
+
+    >>> get_adapter("openai").convert({"messages": [{"role": "user", "content": "2+3?"},
+    ...     {"role": "assistant", "content": "<think>2 + 3 = 5</think> 5"}]}, source="s", source_id="0")[0]["messages"][1]
+    {'role': 'assistant', 'content': '5', 'reasoning_content': '2 + 3 = 5'}
+
 Fields an adapter does not turn into the row are kept in `meta` (e.g. UltraFeedback's `source_index`, the
 Self-Instruct task `name`), so nothing the source recorded is lost.
 
@@ -33,7 +42,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alignmix.pipeline.schema import RowError, RowKind, last_user_turn, preference_row, prompt_row, sft_row
+from alignmix.pipeline import schema
+from alignmix.pipeline.reasoning import REASONING_FIELDS, split_messages
+from alignmix.pipeline.schema import RowError, RowKind, last_user_turn
 
 Row = dict[str, Any]
 Convert = Callable[..., list[Row]]
@@ -78,6 +89,21 @@ class Adapter:
         if self.prompts_too:
             return self.convert_fn(record, source=source, source_id=source_id, meta=extra, kind=kind)
         return self.convert_fn(record, source=source, source_id=source_id, meta=extra)
+
+
+# --- row builders: schema's, with each conversation's reasoning split out first ---------------------------------
+
+
+def sft_row(messages: Any, **kw: Any) -> Row:
+    return schema.sft_row(split_messages(messages), **kw)
+
+
+def prompt_row(messages: Any, **kw: Any) -> Row:
+    return schema.prompt_row(split_messages(messages), **kw)
+
+
+def preference_row(prompt: Any, chosen: Any, rejected: Any, **kw: Any) -> Row:
+    return schema.preference_row(prompt, split_messages(chosen, "chosen"), split_messages(rejected, "rejected"), **kw)
 
 
 # --- field helpers ------------------------------------------------------------------------------------------
@@ -251,7 +277,11 @@ def _sharegpt_turn(turn: Any, field: str) -> dict[str, Any]:
     role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
     if role is None:
         raise RowError("bad_role", f"{field}.from", f"{speaker!r} is not one of {', '.join(sorted(SHAREGPT_ROLES))}")
-    return {"role": role, "content": turn.get("value", turn.get("content"))}
+    return {"role": role, "content": turn.get("value", turn.get("content")), **_reasoning_fields(turn)}
+
+
+def _reasoning_fields(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: message[k] for k in REASONING_FIELDS if message.get(k) is not None}
 
 
 def _sharegpt_turns(record: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
@@ -297,7 +327,8 @@ def _openai_messages(value: list[Any], key: str) -> list[dict[str, Any]]:
         if not isinstance(m, Mapping):
             raise RowError("bad_type", field, f"expected {{role, content}}, got {type(m).__name__}")
         role = OPENAI_ROLES.get(m.get("role"), m.get("role"))  # unknown roles fail validation as bad_role
-        messages.append({"role": role, "content": _openai_content(m.get("content"), f"{field}.content")})
+        messages.append({"role": role, "content": _openai_content(m.get("content"), f"{field}.content"),
+                         **_reasoning_fields(m)})
     return messages
 
 
@@ -314,7 +345,7 @@ PROMPT_FIELDS = ("prompt", "instruction", "question", "turns")
 # A record with one of these carries an answer to learn from: it is SFT or preference data, not a prompt list
 # (GSM8K's question + answer stays unrecognised unless `format: prompts` is forced).
 ANSWER_FIELDS = ("completion", "response", "output", "answer", "chosen", "rejected", "messages", "conversations",
-                 "instances")
+                 "instances", *REASONING_FIELDS)
 
 
 def _is_prompt_list(record: Mapping[str, Any]) -> bool:

@@ -16,8 +16,8 @@ way (tests/pipeline/test_fast_ingest.py compares both on every format and on bro
     >>> from alignmix.pipeline.readers import RawRecord
     >>> batch = [RawRecord({"instruction": "Add 2 and 3.", "input": "", "output": "5"}, "a.jsonl", 1, 1)]
     >>> fast = convert_fast("alpaca", "sft", "demo", batch, 0)
-    >>> fast.table.column("messages").to_pylist()[0]
-    [{'role': 'user', 'content': 'Add 2 and 3.'}, {'role': 'assistant', 'content': '5'}]
+    >>> [(m["role"], m["content"]) for m in fast.table.column("messages").to_pylist()[0]]
+    [('user', 'Add 2 and 3.'), ('assistant', '5')]
     >>> fast.ids == [content_id({"messages": fast.table.column("messages").to_pylist()[0]})]
     True
     >>> convert_fast("alpaca", "sft", "demo", [RawRecord({"instruction": "no output"}, "a.jsonl", 2, 2)], 0) is None
@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from alignmix.pipeline.adapters import ADAPTERS, OPENAI_ROLES, PROMPT_FIELDS, SHAREGPT_ROLES
 from alignmix.pipeline.readers import RawRecord
-from alignmix.pipeline.schema import MESSAGE, ROLES, SCHEMAS, RowKind, _nfc, content_id
+from alignmix.pipeline.schema import ROLES, SCHEMAS, RowKind, _nfc, content_id, message_struct
 
 __all__ = ["FastBatch", "convert_fast", "FAST_FORMATS"]
 
@@ -285,8 +285,7 @@ class _Messages:
         self.offsets.append(len(self.roles))
 
     def array(self) -> pa.Array:
-        values = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())],
-                                            fields=list(MESSAGE))
+        values = message_struct(pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string()))
         return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), values)
 
 
@@ -428,7 +427,7 @@ def _plain_pairs(records: list[dict[str, Any]], consumed: frozenset[str], source
 
     def conversation(answers: list[str]) -> pa.Array:
         contents = pa.concat_arrays([prompt_col, pa.array(answers, pa.string())]).take(pa.array(pairs))
-        return pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays([roles, contents], fields=list(MESSAGE)))
+        return pa.ListArray.from_arrays(offsets, message_struct(roles, contents))
 
     table = pa.Table.from_arrays(
         [prompt_col, conversation(chosens), conversation(rejecteds),

@@ -11,6 +11,10 @@ The conventions are the ones `datasets`, TRL and the Hub already use:
 
 Every row also carries `id` (a hash of its normalized content), `source`, `source_id` and `meta` (JSON text).
 
+An assistant turn may carry its reasoning apart from its answer, as Qwen3's chat template and vLLM do:
+`{"role": "assistant", "content": "5", "reasoning_content": "2 + 3 = 5"}` (see `reasoning`). The field is in every
+message struct (null where a turn has none); a message dict holds the key only when it has reasoning.
+
 Prompt rows have the very schema of SFT rows (so `datasets` and TRL read them as a prompt-only `messages`
 dataset); what tells them apart is the final role of each conversation, see `row_kind`.
 """
@@ -28,7 +32,9 @@ import pyarrow as pa
 RowKind = Literal["sft", "prompt", "preference"]
 ROLES = ("system", "user", "assistant")
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
+# Files written before messages carried reasoning: still read (check_frame), and cast to MESSAGE on write.
+MESSAGE_V1 = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 
 _LINEAGE = [("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()), ("meta", pa.string())]
@@ -50,7 +56,8 @@ SCHEMAS: dict[str, pa.Schema] = {"sft": SFT_SCHEMA, "prompt": PROMPT_SCHEMA, "pr
 # The columns a stage adds to every rejected row.
 DROP_COLUMNS = ("drop_stage", "drop_reason", "drop_detail")
 
-_PL_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+_PL_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "reasoning_content": pl.String}))
+_PL_MESSAGES_V1 = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 POLARS_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "sft": {"messages": _PL_MESSAGES, "id": pl.String, "source": pl.String, "source_id": pl.String, "meta": pl.String},
     "prompt": {"messages": _PL_MESSAGES, "id": pl.String, "source": pl.String, "source_id": pl.String, "meta": pl.String},
@@ -128,13 +135,16 @@ def _nfc(text: str) -> str:
 
 
 def _message_key(messages: list[dict[str, Any]]) -> list[list[str]]:
-    return [[m["role"], _nfc(m["content"]).strip()] for m in messages]
+    # A turn without reasoning hashes as it always has; one with reasoning adds it as a third element.
+    return [[m["role"], _nfc(m["content"]).strip()] if m.get("reasoning_content") is None
+            else [m["role"], _nfc(m["content"]).strip(), _nfc(m["reasoning_content"]).strip()] for m in messages]
 
 
 def content_id(row: dict[str, Any], kind: RowKind | None = None) -> str:
     """A stable id: blake2b-128 of the row's content (messages, or prompt/chosen/rejected), NFC and stripped.
 
-    Lineage (`source`, `source_id`, `meta`) and scores are not part of it, so the same conversation has the same
+    An assistant turn's reasoning is part of it when present (a row without reasoning keeps the id it had before
+    messages carried reasoning). Lineage (`source`, `source_id`, `meta`) and scores are not part of it, so the same conversation has the same
     id in every run and in every source that carries it. Prompt rows (`kind="prompt"`) also hash their kind, so a
     prompt row never shares its id with a hash of the same turns made elsewhere (a response's `prompt_id`, a
     rejected generation); SFT and preference ids are unchanged by it.
@@ -157,7 +167,9 @@ def validate_messages(messages: Any, field: str = "messages", ending: str = "ass
 
     `ending` is the role the last turn must have: assistant (SFT and preference conversations) or user (prompts).
     Reasons: `missing_field`, `bad_type`, `bad_role`, `empty_turn`, `not_ending_with_assistant`,
-    `not_ending_with_user`.
+    `not_ending_with_user`, `misplaced_reasoning` (a `reasoning_content` on a turn that is not the assistant's).
+    An assistant turn's `reasoning_content` (a string, possibly empty: a thinking turn that thought nothing) is
+    kept; an answer may not be empty even when there is reasoning.
     """
     if messages is None:
         raise RowError("missing_field", field, "is missing")
@@ -176,12 +188,31 @@ def validate_messages(messages: Any, field: str = "messages", ending: str = "ass
             raise RowError("bad_type", f"{field}[{i}].content", f"expected a string, got {type(content).__name__}")
         if not content.strip():
             raise RowError("empty_turn", f"{field}[{i}].content", f"the {role} turn is empty")
-        out.append({"role": role, "content": content})
+        out.append(_with_reasoning({"role": role, "content": content}, m.get("reasoning_content"), f"{field}[{i}]"))
     if out[-1]["role"] != ending:
         raise RowError(f"not_ending_with_{ending}", field, f"the last turn is {out[-1]['role']!r}, not {ending!r}")
     if not any(m["role"] == "user" for m in out):
         raise RowError("bad_role", field, "the conversation has no user turn")
     return out
+
+
+def _with_reasoning(message: dict[str, str], reasoning: Any, field: str) -> dict[str, str]:
+    if reasoning is None:
+        return message
+    if not isinstance(reasoning, str):
+        raise RowError("bad_type", f"{field}.reasoning_content", f"expected a string, got {type(reasoning).__name__}")
+    if message["role"] != "assistant":
+        raise RowError("misplaced_reasoning", f"{field}.reasoning_content",
+                       f"only assistant turns carry reasoning, not the {message['role']} turn")
+    message["reasoning_content"] = reasoning
+    return message
+
+
+def message_struct(roles: pa.Array, contents: pa.Array, reasoning: pa.Array | None = None) -> pa.StructArray:
+    """The MESSAGE struct array of flat role / content (/ reasoning) arrays; reasoning null when not given."""
+    if reasoning is None:
+        reasoning = pa.nulls(len(roles), pa.string())
+    return pa.StructArray.from_arrays([roles, contents, reasoning], fields=list(MESSAGE))
 
 
 def _score(value: Any, field: str) -> float | None:
@@ -309,6 +340,8 @@ def check_frame(frame: pl.DataFrame) -> RowKind:
     for name, dtype in POLARS_SCHEMAS[kind].items():
         if name not in frame.columns:
             raise ValueError(f"missing column {name!r} for {kind} rows")
+        if frame.schema[name] == _PL_MESSAGES_V1 and dtype == _PL_MESSAGES:
+            continue  # written before messages carried reasoning: cast on write (to_arrow), read as no reasoning
         if frame.schema[name] != dtype and not (dtype == pl.Float64 and frame.schema[name] == pl.Null):
             raise ValueError(f"column {name!r} has type {frame.schema[name]}, expected {dtype}")
     return kind

@@ -26,7 +26,7 @@ def test_pairs_on_ultrafeedback_eval_clean(shared_data):
     assert frame.height == 200
     first, last = frame.row(0, named=True), frame.row(199, named=True)
     assert first["prompt"].startswith("Write a Java program that prompts the user to enter the coefficients a, b")
-    assert first["chosen"][0] == {"role": "user", "content": first["prompt"]}
+    assert first["chosen"][0] == {"role": "user", "content": first["prompt"], "reasoning_content": None}
     assert first["chosen"][1]["content"].startswith("Here's a Java program that prompts the user")
     assert (first["score_chosen"], first["score_rejected"]) == (9.0, 7.0)
     assert (last["score_chosen"], last["score_rejected"]) == (8.5, 8.5)
@@ -127,7 +127,8 @@ def test_sharegpt_and_openai_from_the_dpo_conversations(shared_data, tmp_path):
     assert detect_format(share[0]).name == "sharegpt" and detect_format(openai[0]).name == "openai"
     assert a.height == b.height == 40
     assert a["id"].to_list() == b["id"].to_list()
-    assert a.row(0, named=True)["messages"][0] == {"role": "user", "content": dpo[0]["conversations"][0]["value"]}
+    assert a.row(0, named=True)["messages"][0] == {"role": "user", "content": dpo[0]["conversations"][0]["value"],
+                                                    "reasoning_content": None}
 
 
 @pytest.mark.parametrize(
@@ -142,7 +143,7 @@ def test_sharegpt_and_openai_from_the_dpo_conversations(shared_data, tmp_path):
 def test_alpaca(shared_data, file, rows, first_user, with_input):
     frame = rows_of(shared_data / file)
     assert frame.height == rows  # 999 - 14 and 1000 - 8 exact repeats
-    assert frame.row(0, named=True)["messages"][0] == {"role": "user", "content": first_user}
+    assert frame.row(0, named=True)["messages"][0] == {"role": "user", "content": first_user, "reasoning_content": None}
     sid, instruction, given = with_input
     row = frame.filter(frame["source_id"] == str(sid)).row(0, named=True)
     assert row["messages"][0]["content"].startswith(instruction)
@@ -164,8 +165,10 @@ def test_self_instruct_seed_tasks(shared_data):
     assert sum(m["is_classification"] for m in meta) == 26
     assert meta[174]["id"] == "seed_task_174" and meta[174]["name"] == "fact_checking"
     assert frame.row(1, named=True)["messages"] == [
-        {"role": "user", "content": "What is the relation between the given pairs?\n\nNight : Day :: Right : Left"},
-        {"role": "assistant", "content": "The relation between the given pairs is that they are opposites."}]
+        {"role": "user", "content": "What is the relation between the given pairs?\n\nNight : Day :: Right : Left",
+         "reasoning_content": None},
+        {"role": "assistant", "content": "The relation between the given pairs is that they are opposites.",
+         "reasoning_content": None}]
 
 
 def test_self_instruct_task_with_several_instances_gives_a_row_each():

@@ -79,7 +79,7 @@ def test_pairs_clean_and_broken(shared_data, tmp_path):
     assert stats["dropped"] == {"bad_type": 3, "duplicate_content": 1, "empty_turn": 1, "malformed_json": 1,
                                 "missing_field": 1}
     row = store.read().filter(pl.col("source_id") == "40").row(0, named=True)
-    assert row["chosen"][0] == {"role": S, "content": "Be brief."} and row["score_chosen"] == 3.0
+    assert row["chosen"][0] == {"role": S, "content": "Be brief.", "reasoning_content": None} and row["score_chosen"] == 3.0
 
 
 def test_ultrafeedback_message_lists(shared_data, tmp_path):
