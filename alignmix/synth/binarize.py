@@ -1,6 +1,7 @@
 """Binarization the UltraFeedback way: per prompt, chosen = the response with the highest mean rating, rejected =
 one of the strictly lower-rated responses (a seeded random one, or the lowest). Responses without a rating
-(unparseable judgements) take no part. A prompt is rejected when no pair can be formed:
+(unparseable judgements, non-finite rewards) take no part; a reward model's scores are ratings like any other.
+A prompt is rejected when no pair can be formed:
 
     score_tie            every rated response has the same rating (a pair would teach nothing)
     judge_unparseable    fewer than 2 rated responses because judgements could not be parsed
@@ -37,6 +38,8 @@ GROUP_SCHEMA = {
 class BinarizeStageConfig(StageConfig):
     rejected: Literal["random", "lowest"] = "random"
     seed: int = 0
+    # The ratings' scale: the LLM judge's 1-5. None (a reward model's unbounded scores): histograms span the data.
+    score_range: tuple[float, float] | None = (1.0, 5.0)
 
 
 def choose_pair(ratings: list[float | None], mode: str, rng: random.Random) -> tuple[int, int] | tuple[str, str]:
@@ -90,7 +93,8 @@ class Binarizer(Stage[BinarizeStageConfig]):
         )
 
     def describe(self, scored: pl.DataFrame, kept: pl.DataFrame) -> dict[str, Any]:
-        return {"score_margin": histogram(kept["score_margin"], bins=8, range_=(0, 4))}
+        scale = self.config.score_range
+        return {"score_margin": histogram(kept["score_margin"], bins=8, range_=(0, scale[1] - scale[0]) if scale else None)}
 
 
 def prompt_groups(rated: pl.DataFrame) -> pl.DataFrame:

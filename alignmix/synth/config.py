@@ -7,7 +7,7 @@ section. Unknown fields are errors, so a typo in a recipe never passes silently.
     preferences:
       prompts: magpie-demo
       responders: [{temperature: 0.3}, {temperature: 1.0}]
-      judge: {model: default}
+      judge: {model: default}                 # or {kind: reward_model, model: Skywork/Skywork-Reward-V2-Llama-3.1-8B}
       binarize: {rejected: random}
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from alignmix.pipeline.config import StrictModel
 
@@ -137,6 +137,9 @@ ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 
 
 class JudgeConfig(ModelFields):
+    """The LLM judge (`kind: llm`, the default): UltraFeedback's per-aspect 1-5 ratings from a generating model."""
+
+    kind: Literal["llm"] = "llm"
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), min_length=1)
     max_new_tokens: int = Field(64, gt=0, description="per aspect: a rating and a one-sentence rationale")
     temperature: float = Field(0.0, ge=0, description="0: greedy, the usual judge setting; >0 samples (seeded per request)")
@@ -149,6 +152,49 @@ class JudgeConfig(ModelFields):
         "the `Rating:` prefill (a float; far fewer ties, reproducible; needs a backend that returns next-token "
         "probabilities and a chat template). The rationale is generated in both modes.",
     )
+
+
+class RewardModelJudgeConfig(_Strict):
+    """A reward-model judge (`kind: reward_model`): an `AutoModelForSequenceClassification` scores each
+    (prompt, response) in one forward pass; the score is the response's rating (see `alignmix.synth.reward_model`)."""
+
+    kind: Literal["reward_model"]
+    model: str = Field(description="a Hub id or local folder of a sequence-classification reward model")
+    tokenizer: str | None = Field(None, description="where the tokenizer comes from, if not the model's own")
+    input: Literal["auto", "chat", "pair"] = Field(
+        "auto", description="chat: the conversation through the tokenizer's chat template (ArmoRM, Skywork-Reward); "
+        "pair: (question, answer) as a text pair (OpenAssistant's DeBERTa RMs); auto: chat when the tokenizer has "
+        "a chat template, else pair"
+    )
+    output: str = Field("logits", description="the model output read: 'logits' (most RMs), 'score' (ArmoRM)")
+    head: int = Field(0, ge=0, description="the column of a multi-label output that is the reward")
+    max_length: int | None = Field(
+        None, gt=8, description="tokens per (prompt, response), longer ones truncated and counted; None: the model's max"
+    )
+    batch_size: int = Field(8, gt=0, description="sequences scored together (sorted by length to limit padding)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: float32 on CPU")
+    device: str | None = Field(None, description="default: cuda when available, else cpu")
+    trust_remote_code: bool = Field(False, description="ArmoRM's custom head needs it; give it only to a model you trust")
+    pairwise: bool = Field(False, description="not available: a reward model gives no A/B verdict")
+
+    @model_validator(mode="after")
+    def _no_pairwise(self) -> RewardModelJudgeConfig:
+        if self.pairwise:
+            raise ValueError(
+                "judge.pairwise: a reward model scores each response alone and gives no A/B verdict, so there is "
+                "nothing to check for position bias; remove `pairwise: true`, or use kind: llm for pairwise judging"
+            )
+        return self
+
+
+def _judge_kind(value: Any) -> str:
+    return value.get("kind", "llm") if isinstance(value, dict) else getattr(value, "kind", "llm")
+
+
+AnyJudgeConfig = Annotated[
+    Annotated[JudgeConfig, Tag("llm")] | Annotated[RewardModelJudgeConfig, Tag("reward_model")],
+    Discriminator(_judge_kind),
+]
 
 
 class BinarizeConfig(_Strict):
@@ -169,7 +215,7 @@ class PreferencesConfig(_Strict):
     responders: list[Responder] = Field(
         default_factory=lambda: [Responder(temperature=t) for t in (0.3, 0.7, 1.0, 1.3)], min_length=1
     )
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: AnyJudgeConfig = Field(default_factory=JudgeConfig, description="kind: llm (default) or reward_model")
     binarize: BinarizeConfig = Field(default_factory=BinarizeConfig)
 
     @model_validator(mode="after")

@@ -19,6 +19,13 @@ and " " followed by "4" (SmolLM2 writes the space as its own token):
 
 Pairwise judging (optional) asks which of two answers is better in both orders (A,B then B,A) and records
 whether the verdict survives the swap.
+
+`judge: {kind: reward_model, model: ...}` rates with a sequence-classification reward model instead (see
+`alignmix.synth.reward_model`); `make_judge` builds either, and both rate, describe themselves and decide
+head-to-head `outcomes` the same way, which is what `win_rate` reads:
+
+    >>> win_rate([1.0, 0.5, 0.0, 1.0])
+    {'prompts': 4, 'wins': 2, 'ties': 1, 'losses': 1, 'win_rate': 0.625}
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from alignmix.pipeline.pairwise import pairwise_record, verdict
 from alignmix.pipeline.store import fingerprint
 from alignmix.synth.backends import Backend, GenerationRequest, SamplingParams, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame, stage_rows
-from alignmix.synth.config import JudgeConfig, PreferencesConfig
+from alignmix.synth.config import JudgeConfig, PreferencesConfig, RewardModelJudgeConfig
 from alignmix.synth.progress import maybe_progress
+from alignmix.synth.reward_model import RewardModelJudge
 
 STAGE = "judge"
 VERSION = "judge-v1"
@@ -153,6 +161,18 @@ class Judge:
                                  "or use rating: parsed") from err  # fmt: skip
             self.prefill = False
 
+    @property
+    def per_response(self) -> int:
+        """Requests per rated response: one per aspect."""
+        return len(self.cfg.aspects)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.backend.describe(), "aspects": self.cfg.aspects}
+
+    def rate_conversations(self, conversations: list[list[dict[str, str]]], progress=None) -> tuple[list[Judgement], int]:
+        """`rate` of each conversation's last turn as the answer to the turn before it."""
+        return self.rate([(m[-2]["content"], m[-1]["content"]) for m in conversations], progress)
+
     def _request(self, content: str, prefill: str, max_new_tokens: int, seed: int) -> GenerationRequest:
         eos = self.backend.special_tokens().get("eos_token")
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=self.cfg.temperature, stop=(eos,) if eos else (), seed=seed)
@@ -222,6 +242,35 @@ class Judge:
         ]
 
 
+    def outcomes(self, items: list[tuple[str, str, str]], progress=None) -> list[float]:
+        """For (instruction, a, b): 1.0 when a wins in both orders, 0.0 when b does, 0.5 when the verdict flips
+        with the order or cannot be read. Equal answers tie without asking."""
+        differ = [k for k, (_, a, b) in enumerate(items) if a != b]
+        records = self.compare([items[k] for k in differ], progress)
+        out = [0.5] * len(items)
+        for k, record in zip(differ, records):
+            if record["consistent"]:
+                out[k] = 1.0 if record["agrees"] else 0.0
+        return out
+
+
+Judges = Judge | RewardModelJudge
+
+
+def make_judge(cfg: JudgeConfig | RewardModelJudgeConfig) -> Judges:
+    """The judge a recipe's `judge:` section names: the LLM judge, or a reward model."""
+    return RewardModelJudge(cfg) if isinstance(cfg, RewardModelJudgeConfig) else Judge(cfg)
+
+
+def win_rate(outcomes: list[float]) -> dict[str, Any]:
+    """Wins, ties and losses of `outcomes` (what `Judge.outcomes` returns), and the win rate, a tie counting one
+    half (AlpacaEval's convention)."""
+    n = len(outcomes)
+    wins, losses = sum(o == 1.0 for o in outcomes), sum(o == 0.0 for o in outcomes)
+    return {"prompts": n, "wins": wins, "ties": n - wins - losses, "losses": losses,
+            "win_rate": round(sum(outcomes) / n, 6) if n else None}  # fmt: skip
+
+
 def _letter(text: str) -> str | None:
     m = re.search(r"\b([AB])\b", text)
     return m.group(1) if m else None
@@ -277,14 +326,13 @@ def _response_rows(source: Any) -> pl.DataFrame:
     return rows
 
 
-def judge_batch(judge: Judge, rows: pl.DataFrame, progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+def judge_batch(judge: Judges, rows: pl.DataFrame, progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     timer = Timer()
-    items = [(m[-2]["content"], m[-1]["content"]) for m in rows["messages"].to_list()]
-    judgements, tokens = judge.rate(items, progress)
+    judgements, tokens = judge.rate_conversations(rows["messages"].to_list(), progress)
     metas = []
     for meta, j in zip(rows["meta"].to_list(), judgements):
         m = orjson.loads(meta)
-        m["judge"] = {**judge.backend.describe(), "aspects": judge.cfg.aspects, **j.to_dict()}
+        m["judge"] = {**judge.describe(), **j.to_dict()}
         metas.append(orjson.dumps(m, option=orjson.OPT_SORT_KEYS).decode())
     kept = rows.with_columns(pl.Series("meta", metas, dtype=pl.String))
     counters = {
@@ -293,6 +341,8 @@ def judge_batch(judge: Judge, rows: pl.DataFrame, progress=None) -> tuple[pl.Dat
         "judged": len(judgements),
         "unparseable": sum(not j.parsed for j in judgements),
     }
+    if isinstance(judge, RewardModelJudge):
+        counters["truncated"] = sum(j.truncated for j in judgements)
     return kept, rejected_frame([]), counters
 
 
@@ -309,8 +359,8 @@ def judge_responses(
     batches = BatchStore(out_dir, STAGE, fp)
     if batches.store.is_done(STAGE, fp):
         return batches.store.read_stats(STAGE)
-    judge = Judge(cfg.judge)
-    per_row = len(cfg.judge.aspects)
+    judge = make_judge(cfg.judge)
+    per_row = judge.per_response
     with maybe_progress(f"judge {judge.backend.model}", rows.height * per_row, progress) as bar:
         for b, start in enumerate(range(0, len(prompt_ids), cfg.prompts_per_batch)):
             chunk = rows.filter(pl.col("_prompt_id").is_in(prompt_ids[start : start + cfg.prompts_per_batch])).drop("_prompt_id")
@@ -318,5 +368,5 @@ def judge_responses(
                 bar(chunk.height * per_row, 0)
                 continue
             batches.write(b, *judge_batch(judge, chunk, bar))
-    return batches.finish("sft", {"judge": judge.backend.describe(), "config": cfg.judge.model_dump(mode="json")},
+    return batches.finish("sft", {"judge": judge.describe(), "config": cfg.judge.model_dump(mode="json")},
                           write_data=write_data)

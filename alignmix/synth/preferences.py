@@ -1,5 +1,8 @@
 """Preference pairs end to end: prompts -> N responses -> judge ratings -> UltraFeedback binarization.
 
+The judge is the LLM judge (1-5 ratings per aspect) or a reward model (`judge: {kind: reward_model, ...}`: one
+score per response); either way the ratings are meta.judge.rating and binarization reads them the same way.
+
     <out>/data/train-*.parquet        preference rows (score_chosen/score_rejected = mean ratings)
     <out>/rejected/responses.parquet  empty or duplicate responses
     <out>/rejected/binarize.parquet   prompts without a pair (score_tie, judge_unparseable, ...)
@@ -19,8 +22,9 @@ from typing import Any
 import orjson
 import polars as pl
 
+from alignmix.pipeline.stage import histogram
 from alignmix.pipeline.store import MixStore, fingerprint, write_shards
-from alignmix.synth.config import PreferencesConfig
+from alignmix.synth.config import PreferencesConfig, RewardModelJudgeConfig
 from alignmix.synth.batches import stage_rows
 from alignmix.synth.judge import Judge, judge_responses
 from alignmix.synth.binarize import BinarizeStageConfig, Binarizer, prompt_groups, to_preference_rows
@@ -49,7 +53,8 @@ def binarize_ratings(
     cfg = spec if isinstance(spec, PreferencesConfig) else PreferencesConfig.model_validate(spec)
     rows = _rated_rows(rated)
     store = MixStore(out_dir)
-    stage_cfg = BinarizeStageConfig(rejected=cfg.binarize.rejected, seed=cfg.seed if cfg.binarize.seed is None else cfg.binarize.seed)
+    stage_cfg = BinarizeStageConfig(rejected=cfg.binarize.rejected, seed=cfg.seed if cfg.binarize.seed is None else cfg.binarize.seed,
+                                    score_range=None if isinstance(cfg.judge, RewardModelJudgeConfig) else (1.0, 5.0))
     fp = fingerprint(VERSION, stage_cfg.model_dump(), cfg.judge.pairwise, cfg.name, sorted(rows["id"].to_list()),
                      sorted(rows["meta"].to_list()))  # fmt: skip
     if store.is_done(STAGE, fp):
@@ -74,16 +79,10 @@ def binarize_ratings(
         **extra,
     )
     if pairs.height:
-        out["distributions"]["score_chosen"] = _hist(pairs["score_chosen"])
-        out["distributions"]["score_rejected"] = _hist(pairs["score_rejected"])
+        out["distributions"]["score_chosen"] = histogram(pairs["score_chosen"], bins=8, range_=stage_cfg.score_range)
+        out["distributions"]["score_rejected"] = histogram(pairs["score_rejected"], bins=8, range_=stage_cfg.score_range)
     store.mark_done(STAGE, fp, out, [s["file"] for s in shards] + [f"rejected/{STAGE}.parquet"])
     return store.read_stats(STAGE)
-
-
-def _hist(s: pl.Series) -> dict[str, Any]:
-    from alignmix.pipeline.stage import histogram
-
-    return histogram(s, bins=8, range_=(1, 5))
 
 
 def _pairwise(pairs: pl.DataFrame, cfg: PreferencesConfig, progress: bool) -> tuple[pl.DataFrame, dict[str, Any]]:
