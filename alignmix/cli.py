@@ -103,13 +103,25 @@ def ingest(
     rows_per_shard: int = typer.Option(100_000, help="rows per parquet shard"),
     workers: Optional[int] = typer.Option(
         None, help="processes that parse and convert (same output); default: from the CPU count for large files"),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="which field holds what, for files in no known format: "
+        "'{prompt: question, response: gen_ans, reasoning: reason, ground_truth: answer}' "
+        "(keys: prompt, query, options, system, response, reasoning, ground_truth)"),
+    column: Optional[list[str]] = typer.Option(
+        None, "--column", help="one key=field of the column mapping, repeatable: --column prompt=question"),
 ) -> None:
     """Read SOURCES in any supported format and write normalized shards, rejected rows and stats."""
+    from alignmix.pipeline.columns import parse_columns
     from alignmix.pipeline.ingest import IngestError, ingest_sources
 
     try:
+        mapping = parse_columns(column, columns)
+    except ValueError as err:
+        fail(str(err))
+    try:
         summary = ingest_sources(
-            sources, out, format=format, name=name, rows_per_shard=rows_per_shard, workers=workers, progress=True
+            sources, out, format=format, name=name, rows_per_shard=rows_per_shard, workers=workers, progress=True,
+            columns=mapping,
         )
     except IngestError as err:
         fail(str(err))

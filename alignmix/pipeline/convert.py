@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from alignmix.pipeline.adapters import ADAPTERS, Adapter, UnknownFormat, formats_help, get_adapter
+from alignmix.pipeline.columns import mapped_adapter
 from alignmix.pipeline.fast_convert import convert_fast
 from alignmix.pipeline.readers import BATCH_SIZE, Location, Progress, RawRecord, ReadError, locate, read_batches
 from alignmix.pipeline.recipe import SourceSpec
@@ -80,7 +81,8 @@ def detect_adapter(records: list[RawRecord], loc: Location) -> Adapter:
         first = sample[0]
         shown = sorted(first) if isinstance(first, dict) else f"a {type(first).__name__}, not an object"
         raise IngestError(f"{loc.name}: the records (fields {shown}) match no format. The formats accepted are:\n"
-                          f"{formats_help()}")
+                          f"{formats_help()}\nor name the fields: --column prompt=<field> --column response=<field> "
+                          "(also reasoning, ground_truth, system, query, options; `columns:` in a recipe source)")
     order = list(ADAPTERS)
     best = max(votes.items(), key=lambda kv: (kv[1], -order.index(kv[0])))
     return ADAPTERS[best[0]]
@@ -119,13 +121,17 @@ def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None 
     With workers > 1, batches are parsed and converted in that many processes while this one reads, drops
     duplicates and hands on the results in order: the output is the same as with one worker.
     Batches whose records all have their format's plain shape are converted at once (`fast_convert`); the
-    others, and every batch when `fast` is False, record by record: the output is the same either way.
+    others, and every batch when `fast` is False or the spec maps its columns, record by record: the output is
+    the same either way.
     Raises IngestError when the source cannot be read or its format not recognised.
     """
     loc = locate_source(spec)
     batches = read_batches(loc, batch_size=batch_size, limit=spec.limit, progress=progress, parse=workers <= 1)
     try:
         forced = adapter_named(spec.format) if spec.format is not None else None
+        columns = spec.columns.model_dump(exclude_none=True) if spec.columns is not None else None
+        if columns is not None:
+            forced, fast = mapped_adapter(columns), False
         head: list[list[RawRecord]] = []
         if forced is None or (spec.kind is None and len(forced.kinds) > 1):
             seen_good = 0
@@ -144,7 +150,7 @@ def convert_batches(spec: SourceSpec, run: SourceRun, progress: Progress | None 
         run.kind = detect_kind(run.adapter, sample, loc, spec.kind)
         seen = SeenIds()
         jobs = _numbered(_chain(head, batches))
-        convert = functools.partial(_convert_batch, run.adapter.name, run.kind, run.name, fast=fast)
+        convert = functools.partial(_convert_batch, run.adapter.name, run.kind, run.name, fast=fast, columns=columns)
         for batch, part in _map_in_order(convert, jobs, workers):
             yield _keep_first_copies(batch, part, run, seen)
     except ReadError as err:
@@ -250,16 +256,17 @@ class _Part:
 
 
 def _convert_batch(adapter_name: str, kind: RowKind, source: str, batch: list[RawRecord], index: int,
-                   fast: bool = True) -> _Part:
+                   fast: bool = True, columns: dict[str, str] | None = None) -> _Part:
     """Parse (when still needed) and convert one batch: at once when every record has its format's plain shape
-    (see fast_convert), else record by record. Module-level, so a worker process can run it."""
-    done = convert_fast(adapter_name, kind, source, batch, index) if fast else None
+    (see fast_convert), else record by record; through the column mapping when one is given. Module-level, so a
+    worker process can run it."""
+    done = convert_fast(adapter_name, kind, source, batch, index) if fast and columns is None else None
     if done is not None:
         n = done.table.num_rows
         return _Part(table=done.table, ids=done.ids, source_ids=[str(index + i) for i in range(n)],
                      owners=list(range(n)), rejected=[], turns=done.turns, response_chars=done.response_chars,
                      rejected_chars=done.rejected_chars)
-    adapter = ADAPTERS[adapter_name]
+    adapter = mapped_adapter(columns) if columns is not None else ADAPTERS[adapter_name]
     rows: list[dict[str, Any]] = []
     owners: list[int] = []
     rejected: list[tuple[int, dict[str, Any]]] = []

@@ -39,6 +39,7 @@ import polars as pl
 import pyarrow as pa
 
 from alignmix import __version__
+from alignmix.pipeline.columns import ColumnMap
 from alignmix.pipeline.convert import (
     DETECT_SAMPLE,
     Converted,
@@ -332,10 +333,11 @@ def source_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-") or "source"
 
 
-def spec_from_string(text: str, *, format: str | None = None, name: str | None = None) -> SourceSpec:
+def spec_from_string(text: str, *, format: str | None = None, name: str | None = None,
+                     columns: ColumnMap | None = None) -> SourceSpec:
     """A SourceSpec for a CLI source: a path, or hf:<dataset id>[:<split>]."""
     path, hf, split = parse_source_string(text)
-    return SourceSpec(name=name or source_name(text), path=path, hf=hf, split=split, format=format)
+    return SourceSpec(name=name or source_name(text), path=path, hf=hf, split=split, format=format, columns=columns)
 
 
 def ingest_sources(
@@ -346,17 +348,23 @@ def ingest_sources(
     rows_per_shard: int = ROWS_PER_SHARD,
     progress: bool = False,
     workers: int | None = 1,
+    columns: ColumnMap | None = None,
 ) -> IngestSummary:
     """Ingest each source into a store folder: `out` itself for one source, `out/<name>/` for several.
+
+    `columns` (for sources given as strings) names the fields of a file in no known format (see `columns`).
 
     Also writes manifest.json in each folder (source, format, shards with rows and sha256).
     """
     out = Path(out)
     if format is not None:
         adapter_named(format)  # an unknown --format fails before anything is read
+        if columns is not None:
+            raise IngestError("give --format or --columns, not both: a column mapping is its own format")
     if name is not None and len(sources) > 1:
         raise IngestError("--name names a single source; give one source, or drop --name to use the file stems")
-    specs = [s if isinstance(s, SourceSpec) else spec_from_string(s, format=format, name=name) for s in sources]
+    specs = [s if isinstance(s, SourceSpec) else spec_from_string(s, format=format, name=name, columns=columns)
+             for s in sources]
     names = [s.name for s in specs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -25,6 +25,7 @@ import orjson
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from alignmix.pipeline.columns import ColumnMap
 from alignmix.pipeline.config import StrictModel
 
 
@@ -49,11 +50,17 @@ class SourceSpec(_Strict):
         "user turn to answer); judged from the first records when unset"
     )
     limit: int | None = Field(None, gt=0, description="read at most this many rows (for quick runs)")
+    columns: ColumnMap | None = Field(
+        None, description="which field holds what, for files in no known format: {prompt, query, options, system, "
+        "response, reasoning, ground_truth} -> field names (see pipeline/columns.py)"
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceSpec:
         if (self.path is None) == (self.hf is None):
             raise ValueError("give exactly one of `path` (a local file or folder) or `hf` (a dataset id)")
+        if self.columns is not None and self.format is not None:
+            raise ValueError("give `format` or `columns`, not both: a column mapping is its own format")
         return self
 
 
