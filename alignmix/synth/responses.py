@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from alignmix.pipeline.schema import RowError, content_id, sft_row, to_frame
+from alignmix.pipeline.schema import POLARS_SCHEMAS, RowError, content_id, sft_row, to_frame
 from alignmix.pipeline.store import fingerprint
 from alignmix.synth.backends import GenerationRequest, get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame
@@ -31,7 +31,7 @@ VERSION = "responses-v1"
 PROMPT_SCHEMA = {
     "prompt_id": pl.String,
     "prompt": pl.String,
-    "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+    "messages": POLARS_SCHEMAS["prompt"]["messages"],  # the row schema's messages (with reasoning_content)
 }
 
 
