@@ -94,7 +94,8 @@ def test_preference_rows_carry_scores_and_the_judges_record():
     assert pairs.schema == pl.Schema(POLARS_SCHEMAS["preference"])
     row = pairs.filter(pl.col("prompt") == "clear winner").row(0, named=True)
     assert (row["score_chosen"], row["score_rejected"]) == (5.0, 1.0)
-    assert row["chosen"] == [{"role": "user", "content": "clear winner"}, {"role": "assistant", "content": "answer 0 to clear winner"}]
+    assert [(m["role"], m["content"], m["reasoning_content"]) for m in row["chosen"]] == [
+        ("user", "clear winner", None), ("assistant", "answer 0 to clear winner", None)]
     assert row["rejected"][-1]["content"] == "answer 3 to clear winner"
     meta = orjson.loads(row["meta"])
     assert meta["judge"] == {"backend": "transformers", "model": "judge-model", "aspects": ASPECTS}

@@ -108,7 +108,7 @@ def test_magpie_two_turns_with_a_system_prompt(backend, tmp_path):
     kept = store.read()
     assert stats["rows_in"] == 1
     for row, meta in zip(kept.iter_rows(named=True), _meta(kept)):
-        assert row["messages"][0] == {"role": "system", "content": "You answer in one sentence."}
+        assert row["messages"][0] == {"role": "system", "content": "You answer in one sentence.", "reasoning_content": None}
         assert meta["system_prompt"] == "You answer in one sentence."
         assert len(row["messages"]) == 1 + 2 * meta["n_turns"]
 
