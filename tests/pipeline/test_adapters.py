@@ -319,3 +319,32 @@ def test_prompt_list_detection_leaves_answered_records_alone(shared_data):
     with pytest.raises(ValueError, match="format 'pairs' gives preference rows, not prompt"):
         get_adapter("pairs").convert({"prompt": "p", "chosen": "c", "rejected": "r"}, source="s", source_id="0",
                                      kind="prompt")
+
+
+# --- reasoning: every adapter splits an assistant turn's reasoning, and refuses a cut trace ---------------------
+
+_U = {"role": "user", "content": "2+3?"}
+REASONING_RECORDS = {  # format -> a record whose every answer is `A` (filled in below)
+    "ultrafeedback": lambda a: {"prompt": "2+3?", "chosen": [_U, {"role": "assistant", "content": a}],
+                                "rejected": [_U, {"role": "assistant", "content": "6"}]},
+    "llama_factory": lambda a: {"conversations": [{"from": "human", "value": "2+3?"}],
+                                "chosen": {"from": "gpt", "value": a}, "rejected": {"from": "gpt", "value": "6"}},
+    "hh_rlhf": lambda a: {"chosen": f"\n\nHuman: 2+3?\n\nAssistant: {a}", "rejected": "\n\nHuman: 2+3?\n\nAssistant: 6"},
+    "pairs": lambda a: {"prompt": "2+3?", "chosen": a, "rejected": "6"},
+    "openai": lambda a: {"messages": [_U, {"role": "assistant", "content": a}]},
+    "sharegpt": lambda a: {"conversations": [{"from": "human", "value": "2+3?"}, {"from": "gpt", "value": a}]},
+    "self_instruct": lambda a: {"instruction": "2+3?", "instances": [{"input": "", "output": a}]},
+    "alpaca": lambda a: {"instruction": "2+3?", "input": "", "output": a},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(REASONING_RECORDS))
+def test_every_adapter_splits_reasoning_and_refuses_a_cut_trace(fmt):
+    assert set(REASONING_RECORDS) == {name for name, a in ADAPTERS.items() if a.kind != "prompt"}
+    make = REASONING_RECORDS[fmt]
+    row = get_adapter(fmt).convert(make("<think>\n2 + 3 = 5\n</think>\n\n5"), source="s", source_id="0")[0]
+    answer = (row["chosen"] if "chosen" in row else row["messages"])[-1]
+    assert answer == {"role": "assistant", "content": "5", "reasoning_content": "2 + 3 = 5"}
+    with pytest.raises(RowError) as err:
+        get_adapter(fmt).convert(make("<think>\n2 + 3 is"), source="s", source_id="0")
+    assert err.value.reason == "unclosed_reasoning"
