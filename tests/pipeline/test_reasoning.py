@@ -330,8 +330,9 @@ def test_column_mapping_errors_name_the_key_and_the_fix():
         prompt="question", response="code[0]", ground_truth="gt")
     assert parse_columns() is None
     for pairs, text, message in [
-        (["prompt=question", "answer=gen_ans"], None, "columns.answer: Extra inputs are not permitted (fix: the keys "
-         "are prompt, query, options, system, response, reasoning, ground_truth)"),
+        (["prompt=question", "answer=gen_ans"], None, ("columns.answer: Extra inputs are not permitted (fix: the keys "
+                                                       "are prompt, query, options, system, response, reasoning, "
+                                                       "ground_truth)")),
         (["prompt"], None, "--column 'prompt' is not key=column (fix: e.g. --column prompt=question)"),
         (["response=a"], None, "columns.prompt: Field required (fix: map the prompt column: prompt=<field>)"),
         (None, "{prompt: q, reasoning: r}", "`reasoning` names a column but `response` does not"),
