@@ -28,7 +28,8 @@ import pyarrow as pa
 from alignmix.pipeline.adapters import ADAPTERS, Adapter, UnknownFormat, formats_help, get_adapter
 from alignmix.pipeline.columns import mapped_adapter
 from alignmix.pipeline.fast_convert import convert_fast
-from alignmix.pipeline.readers import BATCH_SIZE, Location, Progress, RawRecord, ReadError, locate, read_batches
+from alignmix.pipeline.readers import (BATCH_SIZE, LineBlock, Location, Progress, RawRecord, ReadError, locate,
+                                       read_batches)
 from alignmix.pipeline.recipe import SourceSpec
 from alignmix.pipeline.rejected import rejected_record, rows_to_table
 from alignmix.pipeline.schema import SCHEMAS, RowError, RowKind
@@ -209,6 +210,8 @@ def _pack(batch: list[RawRecord]) -> tuple[Any, ...]:
     """A batch as sent to a worker process: unparsed JSON Lines of one file as one bytes object (with the line
     ends, record and line numbers), which pickles in one copy instead of 2,000 objects; other batches as they are.
     """
+    if isinstance(batch, LineBlock):  # already one bytes object; it pickles as that
+        return ("records", batch)
     first = batch[0] if batch else None
     if first is None or any(r.parsed or r.file != first.file for r in batch):
         return ("records", batch)

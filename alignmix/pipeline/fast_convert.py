@@ -13,7 +13,7 @@ path does not know, such as OpenAI content parts or Alpaca `history`) returns No
 that batch with the per-row path, so the rows, ids, rejected records and the parquet bytes are the same either
 way (tests/pipeline/test_fast_ingest.py compares both on every format and on broken files).
 
-    >>> from alignmix.pipeline.readers import RawRecord
+    >>> from alignmix.pipeline.readers import LineBlock, RawRecord
     >>> batch = [RawRecord({"instruction": "Add 2 and 3.", "input": "", "output": "5"}, "a.jsonl", 1, 1)]
     >>> fast = convert_fast("alpaca", "sft", "demo", batch, 0)
     >>> [(m["role"], m["content"]) for m in fast.table.column("messages").to_pylist()[0]]
@@ -30,7 +30,7 @@ llama_factory, self_instruct) always take the per-row path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,10 @@ import orjson
 import pyarrow as pa
 
 from alignmix.pipeline.adapters import ADAPTERS, OPENAI_ROLES, PROMPT_FIELDS, SHAREGPT_ROLES
-from alignmix.pipeline.readers import RawRecord
+from alignmix.pipeline.readers import LineBlock, RawRecord
 from alignmix.pipeline.schema import ROLES, SCHEMAS, RowKind, _nfc, content_id, message_struct
 
-__all__ = ["FastBatch", "convert_fast", "FAST_FORMATS"]
+__all__ = ["REASONING_MARKERS", "FastBatch", "convert_fast", "has_reasoning_markup"]
 
 _SORT = orjson.OPT_SORT_KEYS
 Turns = list[tuple[str, str]]  # (role, content) of one conversation
@@ -63,14 +63,55 @@ class FastBatch:
     rejected_chars: list[int]
 
 
-def convert_fast(adapter_name: str, kind: RowKind, source: str, batch: list[RawRecord], index: int) -> FastBatch | None:
+# Records whose raw bytes hold any of these take the per-row path, whose adapters split an assistant turn's
+# reasoning from its answer (pipeline/reasoning.py) or read a reasoning_content / reasoning field: the fast paths
+# do neither. Checked once per batch on its bytes (a JSON Lines block's text; other batches' records as JSON).
+REASONING_MARKERS = (b"<think", b"</think", b"<|begin_of_thought", b"<|begin_of_solution", b"<answer>", b'"reasoning')
+_TAGS = tuple(m for m in REASONING_MARKERS if m.startswith(b"<"))
+_FIELDS = tuple(m for m in REASONING_MARKERS if not m.startswith(b"<"))
+
+
+def has_reasoning_markup(blob: bytes, fields: bool = True) -> bool:
+    """Whether `blob` holds a REASONING_MARKERS entry: one pass from `<` to `<` (rare in text, found by memchr)
+    for the tags, and with `fields` a search for the field names.
+
+    >>> has_reasoning_markup(b'{"a": "x < y"}'), has_reasoning_markup(b'{"a": "<think>hm</think> 5"}')
+    (False, True)
+    """
+    find, starts = blob.find, blob.startswith
+    at = find(b"<")
+    while at >= 0:
+        if starts(_TAGS, at):
+            return True
+        at = find(b"<", at + 1)
+    return fields and any(m in blob for m in _FIELDS)
+
+
+def convert_fast(adapter_name: str, kind: RowKind, source: str, batch: Sequence[RawRecord], index: int,
+                 columns: object | None = None) -> FastBatch | None:
     """Convert `batch` (records `index`, `index` + 1, ... of the source) at once, or None for the per-row path.
 
     None whenever a record is unparsable, is not a JSON object, or would be rejected or shaped differently by
-    its adapter: the per-row path then gives every row, reason and detail exactly.
+    its adapter, holds reasoning markup (REASONING_MARKERS), or a column mapping (`columns`) is given: the
+    per-row path then gives every row, reason and detail exactly. A JSON Lines block (`readers.LineBlock`) of a
+    format in block_convert.BLOCK_FORMATS is parsed by Arrow, column by column (block_convert).
     """
     extract = _EXTRACTORS.get(adapter_name)
-    if extract is None:
+    if extract is None or columns is not None or not batch:
+        return None
+    if isinstance(batch, LineBlock):
+        # field names are checked on the parsed schema (block_convert), the tags here
+        if has_reasoning_markup(batch.blob, fields=False):
+            return None
+        # imported here: polars and pyarrow.json only when a block comes
+        from alignmix.pipeline.block_convert import convert_block
+
+        done = convert_block(adapter_name, kind, source, batch, index)
+        if done is not None:
+            return done
+        if has_reasoning_markup(batch.blob):
+            return None
+    elif has_reasoning_markup(_batch_bytes(batch)):
         return None
     consumed = ADAPTERS[adapter_name].consumed
     try:
@@ -89,6 +130,13 @@ def convert_fast(adapter_name: str, kind: RowKind, source: str, batch: list[RawR
         return _conversations(extract, records, consumed, kind, source, index)
     except _Slow:
         return None
+
+
+def _batch_bytes(batch: Sequence[RawRecord]) -> bytes:
+    """The batch's raw text: its lines when it has them, else its records as JSON."""
+    if all(r.raw is not None for r in batch):
+        return b"\n".join(r.raw for r in batch)  # type: ignore[misc]
+    return orjson.dumps([r.value for r in batch], default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 # --- checks: exactly the rules of schema.validate_messages / preference_row, as yes-or-no -----------------------

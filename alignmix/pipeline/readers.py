@@ -19,7 +19,8 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import orjson
 from alignmix.pipeline.schema import RowError
 
 BATCH_SIZE = 2_000  # records per batch: large enough to amortize Arrow conversion, small next to any shard
+BLOCK_BYTES = 8 << 20  # JSON Lines are read this much at a time (a batch holds at most BATCH_SIZE of its lines)
 FILE_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz")
 ACCEPTED_INPUTS = (
     "local .parquet, .jsonl, .jsonl.gz, .ndjson, .json (an array or JSON Lines), .json.gz; "
@@ -205,30 +207,123 @@ def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
 
 
 def _read_json_lines(path: Path, rel: str, batch_size: int, parse: bool = True
-                     ) -> Iterator[tuple[list[RawRecord], int]]:
-    """JSON Lines, split on b"\\n" only (strings may hold U+2028, which str.splitlines would split on)."""
+                     ) -> Iterator[tuple[list[RawRecord] | LineBlock, int]]:
+    """JSON Lines, split on b"\\n" only (strings may hold U+2028, which str.splitlines would split on).
+
+    Read BLOCK_BYTES at a time; runs of lines that start with `{` come out as LineBlocks (the lines' bytes in one
+    object, records made only when asked for), any other line (blank: skipped; anything else: a record that
+    will fail or parse on its own) in a plain list, so every record keeps its line and record number.
+    """
     stream, raw = _open_binary(path)
+    lines = _Lines(rel, batch_size, parse)
     with raw, stream:
-        batch: list[RawRecord] = []
-        number = 0
+        rest, first = b"", True
         try:
-            for lineno, line in enumerate(stream, start=1):
-                if lineno == 1 and line.startswith(codecs.BOM_UTF8):
-                    line = line[len(codecs.BOM_UTF8):]  # written by some Windows tools; not part of the JSON
-                if not line or line.isspace():  # = not line.strip(), without copying the line
-                    continue  # blank lines (a trailing newline, spacing) are not records
-                number += 1
-                if parse:
-                    batch.append(_parse_line(line, rel, lineno, number))
-                else:
-                    batch.append(RawRecord(None, rel, number, lineno, line, parsed=False))
-                if len(batch) == batch_size:
+            while True:
+                chunk = stream.read(BLOCK_BYTES)
+                data = rest + chunk if rest else chunk
+                if first and data.startswith(codecs.BOM_UTF8):  # written by some Windows tools; not part of the JSON
+                    data = data[len(codecs.BOM_UTF8):]
+                first = first and not data
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                rest = data[cut:]
+                for batch in lines.split(data[:cut] if cut < len(data) else data):
                     yield batch, raw.tell()
-                    batch = []
+                if not chunk:
+                    break
         except (OSError, EOFError, gzip.BadGzipFile) as err:
-            raise ReadError(f"{path}: cannot be read after {number} records: {err}") from None
-        if batch:
+            raise ReadError(f"{path}: cannot be read after {lines.number} records: {err}") from None
+        for batch in lines.flush():
             yield batch, raw.tell()
+
+
+class _Lines:
+    """Cuts a JSON Lines file's text, a piece at a time, into LineBlocks and lists of odd lines, in file order."""
+
+    def __init__(self, rel: str, batch_size: int, parse: bool):
+        self.rel, self.batch_size, self.parse = rel, batch_size, parse
+        self.lineno = self.number = 0
+        self.odd: list[RawRecord] = []
+
+    def split(self, body: bytes) -> Iterator[list[RawRecord] | LineBlock]:
+        start, ends = 0, array("q")
+        first_line, first_number = self.lineno + 1, self.number + 1
+        pos, size, find = 0, len(body), body.find
+        while pos < size:
+            end = find(b"\n", pos) + 1 or size
+            self.lineno += 1
+            if body[pos] == 0x7B:  # "{": a record line of the block
+                if self.odd:
+                    yield from self.flush()
+                self.number += 1
+                ends.append(end - start)
+                if len(ends) == self.batch_size:
+                    yield LineBlock(body[start:end], ends, self.rel, first_number, first_line, self.parse)
+                    start, ends, first_line, first_number = end, array("q"), self.lineno + 1, self.number + 1
+            else:
+                if ends:
+                    yield LineBlock(body[start:pos], ends, self.rel, first_number, first_line, self.parse)
+                    ends = array("q")
+                self._odd_line(body[pos:end])
+                if len(self.odd) == self.batch_size:
+                    yield from self.flush()
+                start, first_line, first_number = end, self.lineno + 1, self.number + 1
+            pos = end
+        if ends:
+            yield LineBlock(body[start:], ends, self.rel, first_number, first_line, self.parse)
+
+    def _odd_line(self, line: bytes) -> None:
+        if not line or line.isspace():  # = not line.strip(), without copying the line
+            return  # blank lines (a trailing newline, spacing) are not records
+        self.number += 1
+        rec = RawRecord(None, self.rel, self.number, self.lineno, line, parsed=False)
+        self.odd.append(rec.ensure_parsed() if self.parse else rec)
+
+    def flush(self) -> Iterator[list[RawRecord]]:
+        if self.odd:
+            yield self.odd
+            self.odd = []
+
+
+class LineBlock(Sequence[RawRecord]):
+    """Consecutive lines of a JSON Lines file, each starting with `{`, as one bytes object: `blob`, `ends` (each
+    line's end offset in it), the file, and the record and line numbers of the first line.
+
+    It is a sequence of RawRecords (made on first use), so every consumer of batches reads it as a list; the fast
+    ingest path reads `blob` instead, all lines at once (fast_convert). Pickles as the bytes (worker processes).
+    """
+
+    __slots__ = ("_records", "blob", "ends", "file", "line", "parse", "record")
+
+    def __init__(self, blob: bytes, ends: array, file: str, record: int, line: int, parse: bool = True):
+        self.blob, self.ends, self.file, self.record, self.line, self.parse = blob, ends, file, record, line, parse
+        self._records: list[RawRecord] | None = None
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return (LineBlock, (self.blob, self.ends, self.file, self.record, self.line, self.parse))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def records(self) -> list[RawRecord]:
+        if self._records is None:
+            blob, start, out = self.blob, 0, []
+            for i, end in enumerate(self.ends):
+                rec = RawRecord(None, self.file, self.record + i, self.line + i, blob[start:end], parsed=False)
+                out.append(rec.ensure_parsed() if self.parse else rec)
+                start = end
+            self._records = out
+        return self._records
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice) and i.step is None and (i.start or 0) == 0 and self._records is None:
+            ends = self.ends[: i.stop]  # the first lines (a source's `limit`)
+            return LineBlock(self.blob[: ends[-1] if ends else 0], ends, self.file, self.record, self.line, self.parse)
+        return self.records[i]
 
 
 def _parse_line(line: bytes, rel: str, lineno: int, number: int) -> RawRecord:
