@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from alignmix.pipeline.rounds import load_round_metrics
 from alignmix.pipeline.store import MixStore, read_json
 
 # Task ids the Hub accepts in `task_categories` (the subset that describes post-training text data).
@@ -60,6 +61,8 @@ def load_card_data(mix_dir: str | Path) -> dict[str, Any]:
         # A stage feeds the card's length-bias section by recording `length_bias` (filters/length.py's picture).
         "length_bias": {k: v["distributions"]["length_bias"] for k, v in stages.items()
                         if isinstance(v.get("distributions", {}).get("length_bias"), dict)},
+        # `iterative:` recipes: one record per finished round (alignmix.pipeline.rounds), [] otherwise.
+        "rounds": load_round_metrics(store.root),
     }
 
 

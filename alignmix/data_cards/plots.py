@@ -104,6 +104,38 @@ def counts_png(counts: dict[str, int], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def rounds_png(rounds: list[dict[str, Any]], path: Path) -> Path:
+    """Iterative DPO per round: pairs kept; held-out reward accuracy and win rate; answer lengths (round 0: the
+    start policy's held-out answers); the kept pairs' mean score margin."""
+    ks = [r["round"] for r in rounds]
+    fig, axes = plt.subplots(1, 4, figsize=(12.8, 2.6))
+    axes[0].bar(ks, [r["pairs"]["rows"] for r in rounds], color=COLORS[0])
+    axes[0].set_title("pairs kept", fontsize=9)
+    for i, (label, values) in enumerate((
+        ("held-out reward accuracy", [r["heldout"]["after"].get("reward_accuracy") for r in rounds]),
+        ("win rate over previous", [r["win_rate"].get("win_rate") for r in rounds]),
+    )):
+        axes[1].plot(ks, [float("nan") if v is None else v for v in values], "o-", color=COLORS[i + 1], label=label)
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].legend(fontsize=7)
+    axes[1].set_title("held-out accuracy and win rate", fontsize=9)
+    held = [rounds[0]["win_rate"].get("previous_chars")] + [r["win_rate"].get("new_chars") for r in rounds]
+    axes[2].plot([0, *ks], [float("nan") if v is None else v for v in held], "o-", color=COLORS[3],
+                 label="held-out answers")
+    axes[2].plot(ks, [r["samples"].get("mean_chars") or float("nan") for r in rounds], "s--", color=COLORS[4],
+                 label="sampled answers")
+    axes[2].legend(fontsize=7)
+    axes[2].set_title("mean answer length (characters)", fontsize=9)
+    axes[3].bar(ks, [r["pairs"].get("margin_mean") or 0.0 for r in rounds], color=COLORS[2])
+    axes[3].set_title("mean score margin of kept pairs", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("round", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xticks([0, *ks] if ax is axes[2] else ks)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
@@ -129,6 +161,8 @@ def make_plots(card: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     plots["topics"] = topics_png(cats["by_source"], cats["mix"], out_dir / "topics.png")
     if dist.get("languages"):
         plots["languages"] = counts_png(dist["languages"], out_dir / "languages.png", "languages in the mix")
+    if card.get("rounds"):
+        plots["rounds"] = rounds_png(card["rounds"], out_dir / "rounds.png")
     for stage, stats in card["stages"].items():
         hists = {k: v for k, v in stats.get("distributions", {}).items() if is_histogram(v) and v["n"]}
         if hists:

@@ -276,9 +276,51 @@ def checksums_section(card: dict[str, Any], plots: Plots) -> Section:
     )
 
 
-SECTIONS: list[Callable[[dict[str, Any], Plots], Section | None]] = [
-    about_section, sources_section, funnel_section, lengths_section, length_bias_section, scores_section,
-    languages_section, topics_section, dedup_section, decontam_section, review_section, stage_statistics_section,
+def _round_row(r: dict[str, Any]) -> list[Any]:
+    return [r["round"], r["pairs"]["rows"], r["pairs"].get("margin_mean"), r["samples"].get("mean_chars"),
+            r["heldout"]["after"].get("reward_accuracy"), r["win_rate"].get("win_rate"), r["win_rate"].get("new_chars")]
+
+
+def rounds_section(card: dict[str, Any], plots: Plots) -> Section | None:
+    """Iterative DPO: the per-round figures side by side, the plot, and a length-drift warning."""
+    rounds = card.get("rounds") or []
+    if not rounds:
+        return None
+    sec = Section("Iterative DPO rounds")
+    sec.p(f"{len(rounds)} rounds of on-policy DPO: each sampled answers from the policy the round before left, "
+          "rated them with the recipe's judge, paired and curated them, and continued DPO from the last adapter with "
+          "the start model as the fixed reference. The mix holds every round's curated pairs.")
+    sec.table(["round", "pairs kept", "mean score margin", "sampled answer chars", "held-out reward accuracy",
+               "win rate over previous", "held-out answer chars"], [_round_row(r) for r in rounds])
+    start = rounds[0]["win_rate"].get("previous_chars")
+    sec.p(f"The start policy's held-out answers average {wording.number(start)} characters.")
+    for r in rounds:
+        line = wording.length_drift_warning(start, r["win_rate"].get("new_chars"), r["round"])
+        if line:
+            sec.p(line)
+    return sec.plot("rounds", plots, "per-round figures of iterative DPO")
+
+
+def round_sections(card: dict[str, Any], plots: Plots) -> list[Section]:
+    """One section per round: its summary, rows at every step, and its figures."""
+    out = []
+    for r in card.get("rounds") or []:
+        sec = Section(f"Round {r['round']}").p(wording.round_summary(r))
+        sec.table(["step", "rows in", "rows kept", "dropped by reason"],
+                  [[s["stage"], s["rows_in"], s["rows_kept"], wording.reasons(s.get("dropped") or {})]
+                   for s in r["steps"]])
+        figures = {**{f"sampled answers: {k}": v for k, v in r["samples"].items()},
+                   **{f"pairs: {k}": v for k, v in r["pairs"].items()},
+                   **{f"dpo: {k}": v for k, v in r["train"].items()},
+                   **{f"held-out after: {k}": v for k, v in r["heldout"]["after"].items()},
+                   **{f"win rate: {k}": v for k, v in r["win_rate"].items()}}
+        out.append(sec.table(["measure", "value"], [[k, v] for k, v in figures.items()]))
+    return out
+
+
+SECTIONS: list[Callable[[dict[str, Any], Plots], Section | list[Section] | None]] = [
+    about_section, sources_section, funnel_section, rounds_section, round_sections, lengths_section,
+    length_bias_section, scores_section, languages_section, topics_section, dedup_section, decontam_section, review_section, stage_statistics_section,
     examples_section, recipe_section, version_section, checksums_section,
 ]
 
@@ -286,4 +328,8 @@ SECTIONS: list[Callable[[dict[str, Any], Plots], Section | None]] = [
 def build_sections(card: dict[str, Any], plots: Plots) -> list[Section]:
     """Every section of the card, in reading order, from recorded statistics only (a section with nothing to
     show is left out)."""
-    return [sec for build in SECTIONS if (sec := build(card, plots)) is not None]
+    out: list[Section] = []
+    for build in SECTIONS:
+        sec = build(card, plots)
+        out += sec if isinstance(sec, list) else [sec] if sec is not None else []
+    return out

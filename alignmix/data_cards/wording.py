@@ -127,3 +127,48 @@ def length_bias_actions(record: dict[str, Any], dropped: dict[str, int]) -> str:
         parts.append("no balancing (balance: false)")
     return ("The stage's actions: " + "; ".join(parts) + ". Buckets are quantiles of a pair's mean length over "
             "the stage's input; the same buckets are used after it.")
+
+
+# --- iterative DPO rounds -----------------------------------------------------------------------------------
+
+# Length drift, the known failure of iterative DPO: answers that grow round after round (the judge rewarding
+# length). Past this growth of the held-out answers' mean length over the start policy's, the card warns.
+MAX_LENGTH_DRIFT = 1.5
+
+
+def round_summary(record: dict[str, Any]) -> str:
+    """One round in a sentence: what it sampled from, what it kept, how far DPO moved it and how it fared.
+
+    >>> print(round_summary({"round": 2, "sampled_from": "out/x/rounds/round-1/adapter", "pairs": {"rows": 3},
+    ...     "train": {"steps": 4}, "heldout": {"pairs": 2, "before": {"reward_accuracy": 0.5},
+    ...     "after": {"reward_accuracy": 1.0}}, "win_rate": {"win_rate": 0.75, "wins": 1, "ties": 1, "losses": 0,
+    ...     "unrated": 0}}))  # doctest: +NORMALIZE_WHITESPACE
+    Round 2 sampled from out/x/rounds/round-1/adapter, kept 3 pairs after pairing and curation, and trained 4 DPO
+    steps from the last round's adapter (reference: the start model). Held-out reward accuracy: 0.5 before, 1 after
+    (2 pairs). Win rate over the policy before the round: 0.75 (1 wins, 1 ties, 0 losses, 0 unrated).
+    """
+    held, wins = record["heldout"], record["win_rate"]
+    return (
+        f"Round {record['round']} sampled from {record['sampled_from']}, kept {record['pairs']['rows']} pairs after "
+        f"pairing and curation, and trained {record['train'].get('steps')} DPO steps from the last round's adapter "
+        f"(reference: the start model). Held-out reward accuracy: "
+        f"{number(held['before'].get('reward_accuracy'))} before, {number(held['after'].get('reward_accuracy'))} "
+        f"after ({held['pairs']} pairs). Win rate over the policy before the round: {number(wins.get('win_rate'))} "
+        f"({wins['wins']} wins, {wins['ties']} ties, {wins['losses']} losses, {wins['unrated']} unrated)."
+    )
+
+
+def length_drift_warning(start_chars: float | None, round_chars: float | None, k: int) -> str | None:
+    """A warning when round k's held-out answers are over MAX_LENGTH_DRIFT times as long as the start policy's.
+
+    >>> length_drift_warning(100.0, 180.0, 3)  # doctest: +NORMALIZE_WHITESPACE
+    "Warning: after round 3 the policy's held-out answers are 1.8x as long as the start policy's (180 vs 100
+    characters): length drift, the judge may be rewarding length."
+    >>> length_drift_warning(100.0, 120.0, 3) is None
+    True
+    """
+    if not start_chars or round_chars is None or round_chars <= MAX_LENGTH_DRIFT * start_chars:
+        return None
+    return (f"Warning: after round {k} the policy's held-out answers are {round_chars / start_chars:.2g}x as long as "
+            f"the start policy's ({round_chars:g} vs {start_chars:g} characters): length drift, the judge may be "
+            "rewarding length.")

@@ -4,6 +4,7 @@
       ├─ generate-magpie / generate-self-instruct      one task per generator        work/generated/<name>/
       ├─ read sources                                  one task per source           work/sources/<name>/
       ├─ build-preferences                             responses → judge → pairs     work/preferences/<name>/
+      ├─ iterative-dpo                                 rounds of on-policy DPO       rounds/round-<k>/
       ├─ curate                                        per stage: one task per shard (scores), then decide
       ├─ mix + card                                    data/, manifest.json, README.md, card.html, artifacts
       └─ train-sft / train-dpo                         when the recipe has a `training:` section
@@ -263,6 +264,10 @@ def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dic
         pref_dir = build_preferences_flow(recipe, part_dirs)
         if pref_dir:
             part_dirs[Path(pref_dir).name] = pref_dir
+    if r.iterative:  # on-policy rounds; each round's curated pairs are a part of the mix
+        from alignmix.flows.iterative import iterative_dpo
+
+        part_dirs.update(iterative_dpo(recipe, part_dirs))
 
     curated_path = curate_flow(recipe, part_dirs, dask_address)
     curation.prune_stale(r, part_dirs)

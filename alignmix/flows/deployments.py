@@ -6,6 +6,7 @@
 
 `build-ultrafeedback-mix/demo` builds recipes/demo.yaml, `build-ultrafeedback-mix/ultrafeedback` the full-size
 recipes/ultrafeedback-mix.yaml; every part flow is served too, with the recipe as its one parameter.
+`iterative-dpo/demo` runs two rounds of on-policy DPO from recipes/iterative-demo.yaml.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from prefect import serve as prefect_serve
 
 from alignmix.flows.build import PART_FLOWS, build_ultrafeedback_mix
+from alignmix.flows.iterative import iterative_dpo
 from alignmix.flows.recipes import RECIPES_DIR
 
 
@@ -33,6 +35,11 @@ def deployments(recipes_dir: Path = RECIPES_DIR) -> list:
     ]
     for part in PART_FLOWS:
         out.append(part.to_deployment("demo", parameters={"recipe": demo}))
+    iterative = str((recipes_dir / "iterative-demo.yaml").resolve())
+    out.append(iterative_dpo.to_deployment(
+        "demo", parameters={"recipe": iterative},
+        description="Two rounds of on-policy DPO on the embedded default model (recipes/iterative-demo.yaml).",
+    ))
     return out
 
 

@@ -42,6 +42,8 @@ def validate_sections(recipe: Recipe, origin: str) -> None:
         checks.append(("preferences", lambda: PreferencesConfig.model_validate(recipe.preferences)))
     if recipe.training:
         checks.append(("training", lambda: TrainingSection.model_validate(recipe.training)))
+    if recipe.iterative:
+        checks += _iterative_checks(recipe)
     for where, check in checks:
         try:
             check()
@@ -49,3 +51,20 @@ def validate_sections(recipe: Recipe, origin: str) -> None:
             raise RecipeError(format_validation_error(err, f"{origin}: {where}")) from None
         except ValueError as err:
             raise RecipeError(f"{origin}: {where}: {err}") from None
+
+
+def _iterative_checks(recipe: Recipe) -> list:
+    """The `iterative:` section's parts, each by its owner: the policy's sampling and the judge (as round 1's
+    preferences spec), the answers compared for the win rate, and the DPO settings."""
+    from alignmix.pipeline.rounds import RoundPlan
+    from alignmix.synth.config import PreferencesConfig, Responder
+    from alignmix.training.config import DPOTrainConfig
+
+    plan = RoundPlan(recipe.iterative, recipe.out_dir(), recipe.seed, recipe.preferences, recipe.curation)
+    return [
+        ("iterative.sampling", lambda: Responder.model_validate(plan.responder(1, recipe.iterative.samples_per_prompt))),
+        ("iterative", lambda: PreferencesConfig.model_validate({"judge": plan.judge})),
+        ("iterative.heldout", lambda: PreferencesConfig.model_validate(plan.answers_spec(1))),
+        ("iterative", lambda: PreferencesConfig.model_validate(plan.samples_spec(1))),
+        ("iterative.dpo", lambda: DPOTrainConfig.model_validate(plan.dpo_spec(1))),
+    ]

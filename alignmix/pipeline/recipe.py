@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from alignmix.pipeline.columns import ColumnMap
 from alignmix.pipeline.config import StrictModel
+from alignmix.pipeline.rounds import IterativeSpec
 
 
 class RecipeError(ValueError):
@@ -111,6 +112,7 @@ class Recipe(_Strict):
     mix: MixSpec = Field(default_factory=MixSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     training: dict[str, Any] | None = Field(None, description="optional SFT / DPO runs on the mix")
+    iterative: IterativeSpec | None = Field(None, description="rounds of on-policy DPO (see pipeline/rounds.py)")
     task_runner: dict[str, Any] | None = Field(None, description="threads (default) or dask: {address: ...}")
 
     @model_validator(mode="after")
@@ -119,13 +121,9 @@ class Recipe(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source and generator names must be unique; repeated: {dupes}")
-        unknown = [n for n in self.prompt_names() if n not in names]
-        if unknown:
-            raise ValueError(
-                f"preferences.prompts names {unknown}, which is no source or generator of this recipe (it has "
-                f"{sorted(names)}): name a source (a prompt list such as ShareGPT first turns, or SFT and preference "
-                "rows, whose prompts are answered again) or a generator"
-            )
+        for field, named in (("preferences.prompts", self.prompt_names()),
+                             ("iterative.prompts", self.iterative.prompt_names() if self.iterative else [])):
+            _known_parts(field, named, names)
         return self
 
     def prompt_names(self) -> list[str]:
@@ -140,6 +138,16 @@ class Recipe(_Strict):
 
     def out_dir(self) -> Path:
         return Path(self.output.dir) / self.name
+
+
+def _known_parts(field: str, named: list[str], names: list[str]) -> None:
+    unknown = [n for n in named if n not in names]
+    if unknown:
+        raise ValueError(
+            f"{field} names {unknown}, which is no source or generator of this recipe (it has "
+            f"{sorted(names)}): name a source (a prompt list such as ShareGPT first turns, or SFT and preference "
+            "rows, whose prompts are answered again) or a generator"
+        )
 
 
 FIXES = {

@@ -88,6 +88,10 @@ class DPOTrainConfig(TrainConfig):
     )
     simpo_gamma_beta_ratio: float = Field(0.5, ge=0, description="SimPO target margin gamma as a fraction of beta")
     learning_rate: float = Field(5e-6, gt=0, description="peak learning rate; about 10x below SFT's, as usual")
+    init_adapter: str | None = Field(
+        None, description="a LoRA adapter folder to continue training from (iterative DPO: the last round's); the "
+        "reference stays `model`, the start policy. Its LoRA settings must match `lora`"
+    )
     warn_kl: float = Field(10.0, gt=0, description="warn when the KL estimate from the reference exceeds this (nats)")
     warn_margin_growth: float = Field(
         0.5, gt=0, description="warn when rewards/margins grows faster than this per optimizer step"

@@ -33,7 +33,7 @@ from alignmix.training.data import (
 )
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.progress import TrainingProgress
-from alignmix.training.modeling import lora_config, load_policy, reference
+from alignmix.training.modeling import load_init_adapter, lora_config, load_policy, reference
 from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_finish, trainer_kwargs
 
 log = logging.getLogger("alignmix.training")
@@ -122,7 +122,7 @@ def build_dpo_trainer(config: DPOTrainConfig, layout: Layout, model: Any, tokeni
         loss_type=["sigmoid" if config.loss == "simpo" else config.loss],  # simpo: AlignmixDPOTrainer's own loss
         precompute_ref_log_probs=False,
     )
-    return AlignmixDPOTrainer(
+    trainer = AlignmixDPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]),
@@ -131,6 +131,9 @@ def build_dpo_trainer(config: DPOTrainConfig, layout: Layout, model: Any, tokeni
         callbacks=callbacks or [],
         simpo_gamma=config.simpo_gamma if config.loss == "simpo" else None,
     )
+    if config.init_adapter:  # iterative DPO: continue from the last round's adapter, reference unchanged
+        load_init_adapter(trainer.model, config.init_adapter)
+    return trainer
 
 
 def train_dpo(mix_dir: str | Path, out_dir: str | Path, config: DPOTrainConfig | None = None) -> dict[str, Any]:
@@ -171,12 +174,13 @@ def _train_dpo(mix_dir: str | Path, layout: Layout, config: DPOTrainConfig) -> d
     beta = float(config.beta)
 
     # Before: the policy at step 0 is the reference (a fresh LoRA adds zero), so score with the adapter disabled;
-    # that holds on resume too.
+    # that holds on resume too. With init_adapter, the policy at step 0 is that adapter's (before a resume).
     tokenized = ev.tokenize_pairs(tokenizer, test_rows, config.max_length)
     prompts = [r["prompt"] for r in test_rows][: config.generations]
     with reference(policy):
         ref_scores = ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size)
-    before = ev.preference_metrics(ref_scores, ref_scores, beta, config.loss)
+    start = ev.score_pairs(policy, tokenized, tokenizer.pad_token_id, config.batch_size) if config.init_adapter else ref_scores
+    before = ev.preference_metrics(start, ref_scores, beta, config.loss)
     result = train_and_finish(
         "dpo", trainer, layout, config, mix_dir, base_path, tokenizer, train=train, prompts=prompts, before=before,
         evaluate_after=lambda p: ev.preference_metrics(

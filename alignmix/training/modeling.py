@@ -118,6 +118,28 @@ def lora_config(settings: LoraSettings) -> Any:
     )
 
 
+def load_init_adapter(model: Any, folder: str | Path) -> None:
+    """Load a trained LoRA adapter's weights into `model`'s fresh adapter (same rank, alpha and modules), so that
+    training continues from it while the reference (every adapter disabled) stays the start policy.
+
+    Not `PeftModel.from_pretrained(..., is_trainable=True)`: TRL 1.16's DPOTrainer, given a PeftModel without a
+    `peft_config`, copies its adapter into a frozen "ref" adapter, which would make the previous round's policy
+    the reference instead of the start policy."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    saved = json.loads((Path(folder) / "adapter_config.json").read_text())
+    fresh = model.peft_config["default"]
+    mismatch = {k: (saved.get(k), getattr(fresh, k)) for k in ("r", "lora_alpha") if saved.get(k) != getattr(fresh, k)}
+    if mismatch:
+        raise ValueError(f"init_adapter {folder}: its LoRA settings differ from this run's ({mismatch}, saved vs "
+                         "lora.*); train with the same lora.r and lora.alpha as the adapter")
+    result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if getattr(result, "unexpected_keys", None) or missing:
+        raise ValueError(f"init_adapter {folder}: its weights do not fit this model's LoRA modules (unexpected "
+                         f"{list(result.unexpected_keys)[:3]}, missing {missing[:3]}); use the same lora.target_modules")
+
+
 @contextlib.contextmanager
 def reference(model: Any) -> Iterator[Any]:
     """The reference policy: the same model with every adapter disabled (no second copy in memory)."""

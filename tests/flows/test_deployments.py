@@ -14,11 +14,15 @@ def test_serve_offers_the_main_flow_and_every_part_flow():
         *((part, "demo") for part in (
             "generate-magpie", "generate-self-instruct", "build-preferences", "curate", "train-sft", "train-dpo",
         )),
+        ("iterative-dpo", "demo"),
     }
     demo = str((RECIPES_DIR / "demo.yaml").resolve())
     assert served[("build-ultrafeedback-mix", "ultrafeedback")].parameters == {
         "recipe": str((RECIPES_DIR / "ultrafeedback-mix.yaml").resolve())
     }
+    assert served[("iterative-dpo", "demo")].parameters == {
+        "recipe": str((RECIPES_DIR / "iterative-demo.yaml").resolve())
+    }
     for (flow, name), d in served.items():
-        if name == "demo":
+        if name == "demo" and flow != "iterative-dpo":
             assert d.parameters == {"recipe": demo}, flow

@@ -199,10 +199,12 @@ class LocalModelBackend(Backend):
     """
 
     def __init__(self, model: str, *, tokenizer: str | None = None, batch_size: int = 16, dtype: str = "auto",
-                 trust_remote_code: bool = False, **options: Any):
+                 trust_remote_code: bool = False, adapter: str | None = None, **options: Any):
         super().__init__(model, tokenizer=tokenizer, batch_size=batch_size, **options)
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
+        # A LoRA adapter folder (peft) applied on top of `model`: how a trained policy (iterative DPO) samples.
+        self.adapter = adapter
         self.tokenizer: Any = None
 
     def load(self) -> None:
@@ -242,6 +244,9 @@ class LocalModelBackend(Backend):
     @abstractmethod
     def _release(self) -> None:
         """Drop every reference to the weights (and stop any engine processes)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"adapter": str(self.adapter)} if self.adapter else {})}
 
     def tokenizer_path(self, model_path: str) -> str:
         """Where the tokenizer loads from: `tokenizer:` (resolved) when given, else the model's own folder."""

@@ -59,6 +59,10 @@ class TransformersBackend(LocalModelBackend):
         if dtype == "auto" and device == "cpu":
             dtype = torch.float32
         self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=self.trust_remote_code)
+        if self.adapter:  # merged once at load: sampling then runs at the base model's speed
+            from peft import PeftModel
+
+            self.lm = PeftModel.from_pretrained(self.lm, str(self.adapter)).merge_and_unload()
         self.lm.to(device).eval()
         self.device = device
         eos = self.lm.generation_config.eos_token_id

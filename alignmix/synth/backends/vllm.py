@@ -13,6 +13,10 @@ from typing import Any
 from alignmix.synth.backends.base import GenerationRequest, GenerationResult, LocalModelBackend, ProgressFn
 
 
+# vLLM 0.32's allowed `max_lora_rank` values (vllm.config.lora.MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 class VLLMBackend(LocalModelBackend):
     name = "vllm"
 
@@ -53,9 +57,28 @@ class VLLMBackend(LocalModelBackend):
             max_model_len=self.max_model_len,
             trust_remote_code=self.trust_remote_code,
             seed=0,
-            **self.options,
+            **{**self._lora_options(), **self.options},
         )
         self.tokenizer = self.llm.get_tokenizer()
+
+    def _lora_options(self) -> dict[str, Any]:
+        """With `adapter`: LoRA enabled at the adapter's rank (vLLM serves the base and applies the adapter per
+        request, with no merge), else nothing."""
+        if not self.adapter:
+            return {}
+        import json
+        from pathlib import Path
+
+        rank = json.loads((Path(self.adapter) / "adapter_config.json").read_text())["r"]
+        allowed = [r for r in LORA_RANKS if r >= rank]  # vLLM takes only these ranks as max_lora_rank
+        return {"enable_lora": True, "max_loras": 1, "max_lora_rank": allowed[0] if allowed else rank}
+
+    def _lora_request(self) -> Any:
+        if not self.adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("policy", 1, str(self.adapter))
 
     def _release(self) -> None:
         """Stop the engine (its core process, when vLLM runs one) and free its memory, so that the next model
@@ -100,7 +123,7 @@ class VLLMBackend(LocalModelBackend):
         # progress bar hook reports each finished request as it finishes; the tokens follow when all are done.
         # vLLM also wraps the requests it adds in the same factory (an iterable, positional): those pass through.
         bar = (lambda it=None, **_: it if it is not None else _Progress(progress)) if progress else False
-        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=bar)
+        outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=bar, lora_request=self._lora_request())
         results: list[GenerationResult] = []
         for o in outs:
             c = o.outputs[0]
@@ -126,7 +149,7 @@ class VLLMBackend(LocalModelBackend):
         wanted = set(candidates)
         ids = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         results: list[dict[str, float]] = []
-        for o in self.llm.generate(ids, sampling_params=params, use_tqdm=False):
+        for o in self.llm.generate(ids, sampling_params=params, use_tqdm=False, lora_request=self._lora_request()):
             top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
             probs = dict.fromkeys(candidates, 0.0)
             for token_id, lp in top.items():
