@@ -1,7 +1,9 @@
 """Length limits, and length bias measured over the corpus and acted on where it is found.
 
-Lengths count words (whitespace-split), characters, or tokens of a named tokenizer. For preference rows,
-`len_ratio` = len(chosen) / len(rejected). The stage records the corpus before and after it
+Lengths count words (whitespace-split), characters, or tokens of a named tokenizer. A response's length is its
+answer's (the message `content`); its reasoning (`reasoning_content`) is counted apart, in `reasoning_len`
+(`chosen_reasoning_len`, `rejected_reasoning_len`; null for a turn without reasoning), so the response limits and the
+length-bias check read answers only. For preference rows, `len_ratio` = len(chosen) / len(rejected). The stage records the corpus before and after it
 (`stats.distributions["length_bias"]`):
 
     ratio_of_means        mean(chosen_len) / mean(rejected_len): the course's corpus-level rule, suspect above 2
@@ -16,6 +18,8 @@ What the stage does about it (rules in this order; a row carries the first it br
 
     prompt_too_short, prompt_too_long, response_too_short, response_too_long
                           the limits, all off by default                     "chosen: 3 < 5"
+    reasoning_too_short, reasoning_too_long
+                          the same for a turn's reasoning, off by default    "chosen reasoning: 9383 > 4000"
     length_ratio          an abnormal pair: one response more than `max_length_ratio` times the other and at
                           least `min_length_gap` longer                      "0.007 (chosen 1, rejected 143)"
     length_balance        where the label follows length: in a bucket whose share lies outside 0.5 +- tolerance,
@@ -59,6 +63,7 @@ import polars as pl
 from pydantic import Field
 
 from alignmix.filters.normalize import final_turn, text_expr
+from alignmix.filters.reasoning import final_reasoning
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, StageResult, decide, histogram, keep_all
 
@@ -76,6 +81,11 @@ class LengthConfig(StageConfig):
     max_prompt: int | None = Field(None, ge=1, description="longest prompt kept")
     min_response: int | None = Field(None, ge=0, description="shortest response kept (each of chosen and rejected)")
     max_response: int | None = Field(None, ge=1, description="longest response kept (each of chosen and rejected)")
+    min_reasoning: int | None = Field(None, ge=0, description="shortest reasoning kept, where a turn has reasoning")
+    max_reasoning: int | None = Field(
+        None, ge=1, description="longest reasoning kept (each response's `reasoning_content`); a cap for the training "
+        "context, off by default: real correct traces run long (DeepSeek-R1 on MMLU-Pro: p99 6,721 words, max 9,383)",
+    )
     max_length_ratio: float | None = Field(
         10.0, gt=1.0,
         description="an abnormal pair: the longer response is more than this many times the shorter (and at least "
@@ -303,6 +313,8 @@ class LengthFilter(Stage[LengthConfig]):
             scored = scored.with_columns(count(frame, text_expr("response", kind), "response_len"))
             responses = ["response_len"]
         # Prompt rows (no response yet) are measured by their prompt alone.
+        reasoning = self._reasoning_lengths(frame, kind)
+        scored = scored.with_columns(reasoning)
 
         def limit(col: str, bound: int | None, low: bool, reason: str, label: str) -> None:
             nonlocal scored
@@ -319,6 +331,10 @@ class LengthFilter(Stage[LengthConfig]):
             label = col.removesuffix("_len")
             limit(col, cfg.min_response, True, "response_too_short", label)
             limit(col, cfg.max_response, False, "response_too_long", label)
+        for series in reasoning:
+            label = series.name.removesuffix("_reasoning_len") if series.name != "reasoning_len" else "response"
+            limit(series.name, cfg.min_reasoning, True, "reasoning_too_short", f"{label} reasoning")
+            limit(series.name, cfg.max_reasoning, False, "reasoning_too_long", f"{label} reasoning")
         if kind == "preference" and cfg.max_length_ratio is not None:
             longer = pl.max_horizontal("chosen_len", "rejected_len")
             shorter = pl.min_horizontal("chosen_len", "rejected_len")
@@ -327,6 +343,19 @@ class LengthFilter(Stage[LengthConfig]):
                                pl.col("len_ratio").round(4), pl.col("chosen_len"), pl.col("rejected_len"))
             scored = decide(scored, abnormal, "length_ratio", detail)
         return scored
+
+    def _reasoning_lengths(self, frame: pl.DataFrame, kind: str) -> list[pl.Series]:
+        """The length of each response's reasoning (`reasoning_len`; `chosen_reasoning_len`, `rejected_...` for
+        pairs), null for a turn without reasoning, in the stage's unit."""
+        columns = {"sft": [("messages", "reasoning_len")], "prompt": [],
+                   "preference": [("chosen", "chosen_reasoning_len"), ("rejected", "rejected_reasoning_len")]}[kind]
+        out = []
+        for col, name in columns:
+            text = final_reasoning(frame, col)
+            counted = self._counter.count(frame, text.fill_null(""), name)
+            missing = frame.select(text.is_null()).to_series()
+            out.append(pl.select(pl.when(missing).then(None).otherwise(counted).alias(name)).to_series())
+        return out
 
     def finish(self, scored: pl.DataFrame, start: float | None = None) -> StageResult:
         """Bucket the pairs (`len_bucket`) and balance the buckets over the whole scored frame, then decide."""
@@ -393,4 +422,7 @@ class LengthFilter(Stage[LengthConfig]):
             }
         elif "response_len" in scored.columns:
             out["response_len"] = histogram(scored["response_len"], bins=20)
+        for col in ("reasoning_len", "chosen_reasoning_len", "rejected_reasoning_len"):
+            if col in scored.columns and scored[col].null_count() < scored.height:
+                out[col] = histogram(scored[col], bins=20)
         return out

@@ -20,11 +20,14 @@ from alignmix.filters.language import LanguageID
 from alignmix.filters.length import LengthFilter
 from alignmix.filters.near_dedup import NearDedup
 from alignmix.filters.quality import QualityFilter
+from alignmix.filters.reasoning import ReasoningFilter
+from alignmix.filters.verify import Verify
 from alignmix.pipeline.stage import Stage
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (ExactDedup, NearDedup, LengthFilter, PreferenceConsistency, LanguageID, Decontaminate, QualityFilter)
+    for cls in (ExactDedup, NearDedup, LengthFilter, PreferenceConsistency, LanguageID, Decontaminate, QualityFilter,
+                ReasoningFilter, Verify)
 }
 
 

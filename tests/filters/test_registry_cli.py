@@ -23,6 +23,8 @@ def test_every_stage_builds_from_a_recipe_entry(tmp_path):
         "language": {"keep": ["en"]},
         "decontam": {"evals": [{"path": str(evals), "field": "prompt"}]},
         "quality": {"responses": "both"},
+        "reasoning": {"max_sentence_repeats": 20},
+        "verify": {"pairs": "chosen"},
     }
     assert set(STAGES) == set(names)
     for name, config in names.items():
