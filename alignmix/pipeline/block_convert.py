@@ -41,6 +41,8 @@ __all__ = ["BLOCK_FORMATS", "convert_block"]
 # own whitespace lacks U+001C..U+001F.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
                  "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[ord(c) for c in PY_WHITESPACE if ord(c) < 128]] = True  # a non-ASCII byte starts or ends odd text anyway
 _NUMBERS = (pa.int64(), pa.float64(), pa.null())
 _META_TYPES = (pa.int64(), pa.bool_(), pa.string(), pa.null())
 _SCORES = ("score_chosen", "score_rejected")
@@ -116,18 +118,30 @@ def _no_system(table: pa.Table) -> None:
 
 
 def _keyed(col: pa.Array) -> pl.Series:
-    """`_nfc(text).strip()` of every text (the form content_id hashes); _Slow if one is empty once stripped."""
-    odd = pc.invert(pc.string_is_ascii(col))
-    if pc.any(odd).as_py():
-        where = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    """`_nfc(text).strip()` of every text (the form content_id hashes); _Slow if one is empty once stripped.
+
+    Python touches only the texts that are not ASCII, empty, or start or end with whitespace (found by their
+    first and last bytes); the others are their own key text.
+    """
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8) if col.buffers()[2] is not None else np.zeros(1, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    empty = starts == ends
+    edge = np.zeros(len(col), dtype=bool)
+    some = ~empty
+    edge[some] = _ASCII_SPACE[data[starts[some]]] | _ASCII_SPACE[data[ends[some] - 1]]
+    odd = empty | edge | ~pc.string_is_ascii(col).to_numpy(zero_copy_only=False)
+    keyed = pl.Series(col)
+    if odd.any():
+        where = np.flatnonzero(odd)
         texts = col.take(pa.array(where)).to_pylist()
-        if any(not t.strip() for t in texts):
-            raise _Slow
-        col = pc.replace_with_mask(col, odd, pa.array([_nfc(t) for t in texts], pa.string()))
-    out = pl.Series(col).str.strip_chars(PY_WHITESPACE)
-    if (out.str.len_bytes() == 0).any():
-        raise _Slow
-    return out
+        keys = [_nfc(t).strip() for t in texts]
+        if not all(keys):
+            raise _Slow  # an empty turn (NFC never empties a text, so this is the per-row check)
+        changed = [i for i, (t, k) in enumerate(zip(texts, keys)) if k is not t]  # both return their input unchanged
+        if changed:
+            keyed = keyed.scatter(where[changed], [keys[i] for i in changed])
+    return keyed
 
 
 def _json(name: str) -> pl.Expr:

@@ -31,7 +31,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,27 +166,61 @@ def default_workers(loc: Location, cpus: int | None = None) -> int:
     return min(cpus - 1, 4) if size >= WORKERS_FROM_BYTES else 1
 
 
+class _Chunks:
+    """Tables re-cut into tables of exactly `size` rows (one Arrow chunk each; the last one shorter).
+
+    Parquet's bytes depend on how a column is chunked, and batches come in whatever sizes reading and dropping
+    cut them (a JSON Lines block ends at a blank line or after BLOCK_BYTES): re-cut, the shards' bytes depend on
+    the rows alone, and equal what batches of BATCH_SIZE records without rejects always gave.
+    """
+
+    def __init__(self, size: int = BATCH_SIZE):
+        self.size = size
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+
+    def add(self, table: pa.Table) -> Iterator[pa.Table]:
+        self._pending.append(table)
+        self._rows += table.num_rows
+        while self._rows >= self.size:
+            joined = pa.concat_tables(self._pending)
+            rest = joined.slice(self.size)
+            yield joined.slice(0, self.size).combine_chunks()
+            self._pending, self._rows = [rest], rest.num_rows
+
+    def rest(self) -> Iterator[pa.Table]:
+        if self._rows:
+            yield pa.concat_tables(self._pending).combine_chunks()
+        self._pending, self._rows = [], 0
+
+
 class BackgroundShards:
     """A ShardWriter fed from a thread, so that compressing and writing parquet (which releases the GIL)
     overlaps with reading and converting the next batches. Tables are written in the order given, by one
-    thread, so the shards are the bytes ShardWriter writes directly; at most `depth` tables wait (memory stays
-    bounded). An error in the thread is raised by the next `write` or by `close`.
+    thread, re-cut into BATCH_SIZE rows (`_Chunks`), so the shards are the bytes ShardWriter writes directly from
+    such tables, however the batches were cut; at most `depth` tables wait (memory stays bounded). An error in
+    the thread is raised by the next `write` or by `close`.
     """
 
     def __init__(self, shards: ShardWriter, depth: int = 4):
         self.shards = shards
+        self._chunks = _Chunks()
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="alignmix-shards", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (table := self._queue.get()) is not None:
+        while True:
+            table = self._queue.get()
             if self._error is None:
                 try:
-                    self.shards.write(table)
+                    for chunk in self._chunks.add(table) if table is not None else self._chunks.rest():
+                        self.shards.write(chunk)
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
+            if table is None:
+                return
 
     def _raise(self) -> None:
         if self._error is not None:

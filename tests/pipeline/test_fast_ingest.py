@@ -379,3 +379,22 @@ def test_a_line_longer_than_the_arrow_block_and_a_limit(shared_data, tmp_path):
     assert stats["rows_kept"] == 10
     limited = _both(tmp_path / "lim", path, batch_size=100, limit=6)[0]
     assert (limited["rows_in"], limited["rows_kept"]) == (6, 6)
+
+
+def test_shard_bytes_do_not_depend_on_how_batches_are_cut(shared_data, tmp_path, monkeypatch):
+    """JSON Lines blocks end at blank lines and after BLOCK_BYTES, JSON arrays come in BATCH_SIZE records: the
+    shards are re-cut into BATCH_SIZE rows, so the same records give the same bytes either way."""
+    from alignmix.pipeline import readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 20)  # pieces of 1 MiB: blocks cut mid-batch
+    records = _pairs(shared_data, 200) * 11
+    records = [{**r, "prompt": f"{r['prompt']} ({i})"} for i, r in enumerate(records)]
+    lines = [orjson.dumps(r) for r in records]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:1000]) + b"\n\n" + b"\n".join(lines[1000:]) + b"\n")
+    (tmp_path / "a.json").write_bytes(orjson.dumps(records))
+    shards = {}
+    for name in ("a.jsonl", "a.json"):
+        stats = ingest_source(SourceSpec(name="s", path=str(tmp_path / name)), tmp_path / name.replace(".", "_"),
+                              rows_per_shard=1500)
+        shards[name] = [s["sha256"] for s in stats["shards"]]
+    assert shards["a.jsonl"] == shards["a.json"] and len(shards["a.json"]) == 2
