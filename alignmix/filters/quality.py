@@ -1,5 +1,6 @@
 """Quality heuristics, each with its own reason, on the responses a row teaches (the final assistant turn of
-SFT rows; `chosen`, or with `responses: both` also `rejected`, of preference rows). A prompt row teaches no
+SFT rows; `chosen`, or with `responses: both` also `rejected`, of preference rows): their answers (`content`), not
+their reasoning, which the `reasoning` stage checks (filters/reasoning.py). A prompt row teaches no
 response yet: only `empty_turn` applies to it (the response rules misfire on prompts: on 2,861 real ShareGPT first
 turns, repeated_ngrams would drop 22 and unclosed_code_fence 1, all of them pasted code, configs or keyword lists):
 
