@@ -232,4 +232,16 @@ def split_messages(messages: Any, field: str = "messages") -> Any:
     mappings comes back as it is, for `schema.validate_messages` to refuse with its reason)."""
     if not isinstance(messages, list):
         return messages
+    for m in messages:  # the common case (no reasoning anywhere) decided in one cheap pass: the per-row ingest path
+        if type(m) is not dict:
+            if isinstance(m, Mapping):
+                break
+            continue
+        if m.get("reasoning_content") is not None or m.get("reasoning") is not None:
+            break
+        c = m.get("content")
+        if type(c) is str and "<" in c and ("think>" in c or "<|" in c) and m.get("role") == "assistant":
+            break
+    else:
+        return messages
     return [split_message(m, f"{field}[{i}].content") if isinstance(m, Mapping) else m for i, m in enumerate(messages)]

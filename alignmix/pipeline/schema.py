@@ -188,7 +188,10 @@ def validate_messages(messages: Any, field: str = "messages", ending: str = "ass
             raise RowError("bad_type", f"{field}[{i}].content", f"expected a string, got {type(content).__name__}")
         if not content.strip():
             raise RowError("empty_turn", f"{field}[{i}].content", f"the {role} turn is empty")
-        out.append(_with_reasoning({"role": role, "content": content}, m.get("reasoning_content"), f"{field}[{i}]"))
+        message = {"role": role, "content": content}
+        if (reasoning := m.get("reasoning_content")) is not None:
+            _add_reasoning(message, reasoning, f"{field}[{i}]")
+        out.append(message)
     if out[-1]["role"] != ending:
         raise RowError(f"not_ending_with_{ending}", field, f"the last turn is {out[-1]['role']!r}, not {ending!r}")
     if not any(m["role"] == "user" for m in out):
@@ -196,16 +199,13 @@ def validate_messages(messages: Any, field: str = "messages", ending: str = "ass
     return out
 
 
-def _with_reasoning(message: dict[str, str], reasoning: Any, field: str) -> dict[str, str]:
-    if reasoning is None:
-        return message
+def _add_reasoning(message: dict[str, str], reasoning: Any, field: str) -> None:
     if not isinstance(reasoning, str):
         raise RowError("bad_type", f"{field}.reasoning_content", f"expected a string, got {type(reasoning).__name__}")
     if message["role"] != "assistant":
         raise RowError("misplaced_reasoning", f"{field}.reasoning_content",
                        f"only assistant turns carry reasoning, not the {message['role']} turn")
     message["reasoning_content"] = reasoning
-    return message
 
 
 def message_struct(roles: pa.Array, contents: pa.Array, reasoning: pa.Array | None = None) -> pa.StructArray:
