@@ -20,7 +20,9 @@ from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from alignmix.pipeline.config import StrictModel
 
+from alignmix.synth.arithmetic_problems import ArithmeticProblemsConfig
 from alignmix.synth.backends.base import SamplingParams
+from alignmix.synth.thinking import ThinkingConfig
 
 
 _Strict = StrictModel
@@ -73,6 +75,9 @@ class MagpieConfig(ModelFields):
     instruction: Sampling = Field(default_factory=lambda: Sampling(max_new_tokens=128, temperature=1.0, top_p=1.0))
     response: Sampling = Field(default_factory=lambda: Sampling(max_new_tokens=256, temperature=0.7, top_p=0.95))
     min_instruction_chars: int = Field(3, ge=1, description="shorter instructions are dropped as empty_instruction")
+    thinking: ThinkingConfig | None = Field(
+        None, description="answer in thinking mode: reasoning and answer apart, each with its budget (see synth.thinking)"
+    )
 
 
 # The Self-Instruct paper's filter: tasks a text-only model cannot do.
@@ -102,16 +107,18 @@ class SelfInstructConfig(ModelFields):
     instance: Sampling = Field(default_factory=lambda: Sampling(max_new_tokens=256, temperature=0.0))
 
 
-GeneratorConfig = Annotated[MagpieConfig | SelfInstructConfig, Field(discriminator="kind")]
+GeneratorConfig = Annotated[MagpieConfig | SelfInstructConfig | ArithmeticProblemsConfig, Field(discriminator="kind")]
 _GENERATOR = TypeAdapter(GeneratorConfig)
 
 
-def parse_generator(spec: dict[str, Any] | MagpieConfig | SelfInstructConfig) -> MagpieConfig | SelfInstructConfig:
+def parse_generator(spec: dict[str, Any] | MagpieConfig | SelfInstructConfig | ArithmeticProblemsConfig
+                    ) -> MagpieConfig | SelfInstructConfig | ArithmeticProblemsConfig:
     """A recipe `generators` entry as its config; errors name the field."""
-    if isinstance(spec, (MagpieConfig, SelfInstructConfig)):
+    if isinstance(spec, (MagpieConfig, SelfInstructConfig, ArithmeticProblemsConfig)):
         return spec
     if "kind" not in spec:
-        raise ValueError(f"generator {spec.get('name', '?')!r} has no `kind`: use kind: magpie or kind: self_instruct")
+        raise ValueError(f"generator {spec.get('name', '?')!r} has no `kind`: use kind: magpie, self_instruct or "
+                         "arithmetic_problems")
     return _GENERATOR.validate_python(spec)
 
 
@@ -124,6 +131,9 @@ class Responder(ModelFields):
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    thinking: ThinkingConfig | None = Field(
+        None, description="answer in thinking mode: reasoning and answer apart, each with its budget (see synth.thinking)"
+    )
 
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)

@@ -28,6 +28,7 @@ from alignmix.synth.batches import BatchStore, Timer, rejected_frame
 from alignmix.synth.config import MagpieConfig, parse_generator
 from alignmix.synth.progress import maybe_progress
 from alignmix.synth.templates import PRESETS, derive_pre_query_template, turn_markers
+from alignmix.synth.thinking import answer
 
 STAGE = "magpie"
 VERSION = "magpie-v1"  # bump when the generation logic changes what a config produces
@@ -96,73 +97,61 @@ def _pick_system(cfg: MagpieConfig, rng: random.Random) -> str | None:
     return choice.text or None
 
 
+@dataclass
+class Conversation:
+    """One MAGPIE conversation as it is built, turn by turn: what it has so far and how it ended."""
+
+    index: int
+    system: str | None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    finish: list[str] = field(default_factory=list)
+    thinking: list[dict[str, Any]] = field(default_factory=list)  # per answered turn, in thinking mode
+    failed: tuple[str, str, str] | None = None  # (reason, detail, raw text): nothing usable, the row is rejected
+    stopped: str | None = None  # a multi-turn conversation that ended early keeps its finished turns
+    response_raw: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.failed is None and self.stopped is None
+
+    def messages(self) -> list[dict[str, Any]]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def end(self, turn: int, reason: str, detail: str, raw: str) -> None:
+        """The turn failed: the first turn rejects the conversation, a later one ends it early."""
+        if turn == 0:
+            self.failed = (reason, detail, raw)
+        else:
+            self.stopped = reason
+
+    def meta(self, common: dict[str, Any]) -> dict[str, Any]:
+        meta = {**common, "seeds": self.seeds, "finish": self.finish, "system_prompt": self.system,
+                "n_turns": sum(m["role"] == "user" for m in self.turns)}
+        if self.thinking:
+            meta["thinking_turns"] = self.thinking
+        if self.response_raw is not None:
+            meta["response_raw"] = self.response_raw
+        if self.stopped:
+            meta["ended_early"] = self.stopped
+        return meta
+
+
 def generate_batch(
     cfg: MagpieConfig, backend: Backend, fmt: ChatFormat, batch: int, n: int, progress=None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """One batch of `n` MAGPIE conversations: (kept SFT rows, rejected generations, counters)."""
     timer = Timer()
     rng = random.Random(request_seed(cfg.seed, STAGE, "system", batch))
-    systems = [_pick_system(cfg, rng) for _ in range(n)]
-    turns: list[list[dict[str, str]]] = [[] for _ in range(n)]
-    metas: list[dict[str, Any]] = [{"seeds": [], "finish": []} for _ in range(n)]
-    failed: dict[int, tuple[str, str, str]] = {}  # request -> (reason, detail, raw text)
-    stopped: dict[int, str] = {}  # multi-turn conversations that ended early keep their finished turns
+    convs = [Conversation(i, _pick_system(cfg, rng)) for i in range(n)]
     tokens = 0
     for turn in range(cfg.n_turns):
-        alive = [i for i in range(n) if i not in failed and i not in stopped]
+        alive = [c for c in convs if c.alive]
         if not alive:
             break
-        seeds = {i: request_seed(cfg.seed, STAGE, batch, i, turn, "instruction") for i in alive}
-        reqs = [
-            GenerationRequest(
-                prompt=fmt.pre_query(turns[i], systems[i]),
-                params=cfg.instruction.params(fmt.instruction_stops, seeds[i]),
-            )
-            for i in alive
-        ]
-        results = backend.generate(reqs, progress)
-        asking = []
-        for i, res in zip(alive, results):
-            tokens += res.completion_tokens
-            text = res.text.strip()
-            metas[i]["seeds"].append(seeds[i])
-            reason = None
-            if res.finish_reason == "length":
-                reason, detail = "truncated_instruction", f"turn {turn}: no end-of-turn within {cfg.instruction.max_new_tokens} tokens"
-            elif len(text) < cfg.min_instruction_chars:
-                reason, detail = "empty_instruction", f"turn {turn}: {len(text)} characters after stripping"
-            if reason is None:
-                turns[i].append({"role": "user", "content": text})
-                asking.append(i)
-            elif turn == 0:
-                failed[i] = (reason, detail, res.text)
-            else:
-                stopped[i] = reason
-        if not asking:
-            continue
-        seeds_r = {i: request_seed(cfg.seed, STAGE, batch, i, turn, "response") for i in asking}
-        reqs = [
-            GenerationRequest(
-                messages=([{"role": "system", "content": systems[i]}] if systems[i] else []) + turns[i],
-                params=cfg.response.params(fmt.response_stops, seeds_r[i]),
-            )
-            for i in asking
-        ]
-        for i, res in zip(asking, backend.generate(reqs, progress)):
-            tokens += res.completion_tokens
-            text = res.text.strip()
-            metas[i]["seeds"].append(seeds_r[i])
-            metas[i]["finish"].append(res.finish_reason)
-            reason = "truncated_response" if res.finish_reason == "length" else "empty_response" if not text else None
-            if reason is None:
-                turns[i].append({"role": "assistant", "content": text})
-            else:
-                question = turns[i].pop()["content"]  # the unanswered user turn goes
-                metas[i]["response_raw"] = res.text
-                if turn == 0:
-                    failed[i] = (reason, f"turn {turn}: {res.completion_tokens} tokens", question)
-                else:
-                    stopped[i] = reason
+        tokens += _ask(cfg, backend, fmt, batch, turn, alive, progress)
+        asking = [c for c in alive if c.alive and len(c.turns) % 2 == 1]
+        tokens += _answer(cfg, backend, fmt, batch, turn, asking, progress)
     common = {
         "generator": "magpie",
         **backend.describe(),
@@ -173,23 +162,65 @@ def generate_batch(
         "instruction_stop": list(fmt.instruction_stops),
         "run_seed": cfg.seed,
     }
+    if cfg.thinking is not None:
+        common["thinking"] = cfg.thinking.model_dump()
     kept, rejected = [], []
-    for i in range(n):
-        source_id = f"{batch:05d}-{i:04d}"
-        meta = {**common, **metas[i], "system_prompt": systems[i], "n_turns": sum(m["role"] == "user" for m in turns[i])}
-        if i in stopped:
-            meta["ended_early"] = stopped[i]
-        if i in failed:
-            reason, detail, raw = failed[i]
+    for c in convs:
+        source_id = f"{batch:05d}-{c.index:04d}"
+        meta = c.meta(common)
+        if c.failed:
+            reason, detail, raw = c.failed
             rejected.append(_rejected(cfg.name, source_id, raw, meta, reason, detail))
             continue
-        messages = ([{"role": "system", "content": systems[i]}] if systems[i] else []) + turns[i]
         try:
-            kept.append(sft_row(messages, source=cfg.name, source_id=source_id, meta=meta))
+            kept.append(sft_row(c.messages(), source=cfg.name, source_id=source_id, meta=meta))
         except RowError as err:
-            rejected.append(_rejected(cfg.name, source_id, str(turns[i]), meta, err.reason, err.detail()))
+            rejected.append(_rejected(cfg.name, source_id, str(c.turns), meta, err.reason, err.detail()))
     counters = {"seconds": timer.seconds(), "completion_tokens": tokens, "requests": n}
     return to_frame(kept, "sft"), rejected_frame(rejected), counters
+
+
+def _ask(cfg: MagpieConfig, backend: Backend, fmt: ChatFormat, batch: int, turn: int, convs: list[Conversation],
+         progress) -> int:
+    """Each conversation's next user query, from the pre-query template alone; returns the tokens spent."""
+    seeds = [request_seed(cfg.seed, STAGE, batch, c.index, turn, "instruction") for c in convs]
+    reqs = [GenerationRequest(prompt=fmt.pre_query(c.turns, c.system), params=cfg.instruction.params(fmt.instruction_stops, seed))
+            for c, seed in zip(convs, seeds)]  # fmt: skip
+    tokens = 0
+    for c, seed, res in zip(convs, seeds, backend.generate(reqs, progress)):
+        tokens += res.completion_tokens
+        text = res.text.strip()
+        c.seeds.append(seed)
+        if res.finish_reason == "length":
+            c.end(turn, "truncated_instruction", f"turn {turn}: no end-of-turn within {cfg.instruction.max_new_tokens} tokens", res.text)
+        elif len(text) < cfg.min_instruction_chars:
+            c.end(turn, "empty_instruction", f"turn {turn}: {len(text)} characters after stripping", res.text)
+        else:
+            c.turns.append({"role": "user", "content": text})
+    return tokens
+
+
+def _answer(cfg: MagpieConfig, backend: Backend, fmt: ChatFormat, batch: int, turn: int, convs: list[Conversation],
+            progress) -> int:
+    """Each conversation's answer to its new query (in thinking mode with `cfg.thinking`); returns the tokens."""
+    seeds = [request_seed(cfg.seed, STAGE, batch, c.index, turn, "response") for c in convs]
+    traces = answer(backend, [c.messages() for c in convs], cfg.response, cfg.thinking, seeds, fmt.response_stops, progress)
+    tokens = 0
+    for c, seed, trace in zip(convs, seeds, traces):
+        tokens += trace.completion_tokens
+        c.seeds.append(seed)
+        c.finish.append(trace.finish_reason)
+        if cfg.thinking is not None:
+            c.thinking.append(trace.meta())
+        problem = ("truncated_response", "") if trace.finish_reason == "length" else trace.rejection()
+        if problem is None:
+            c.turns.append(trace.message() if cfg.thinking is not None else {"role": "assistant", "content": trace.answer})
+            continue
+        question = c.turns.pop()["content"]  # the unanswered user turn goes
+        c.response_raw = trace.raw
+        c.end(turn, problem[0], f"turn {turn}: {trace.completion_tokens} tokens" + (f"; {problem[1]}" if problem[1] else ""),
+              question)
+    return tokens
 
 
 def _rejected(source: str, source_id: str, text: str, meta: dict, reason: str, detail: str) -> dict[str, Any]:

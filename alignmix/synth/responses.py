@@ -4,7 +4,10 @@ Prompts come from prompt rows (their whole conversation, which ends with the use
 (the conversation up to its last user turn), preference rows (the chosen conversation minus its answer), a frame
 with a `prompt` column, or plain strings. Each response is written as an
 SFT row (prompt turns + the answer) whose meta records `prompt_id`, `response_index`, the responder, the model,
-the sampling parameters, the seed and the finish reason; `judge` groups them back by `prompt_id`.
+the sampling parameters, the seed and the finish reason; `judge` groups them back by `prompt_id`. A prompt's
+`meta.ground_truth` is carried into its responses' meta. A responder with `thinking:` answers in thinking mode
+(alignmix.synth.thinking): the reasoning goes to the message's `reasoning_content`, the answer to `content`, and
+meta adds the token counts per part (`finish_reason: reasoning_length` for a trace cut inside its reasoning).
 
     >>> stats = generate_responses(["Name three rivers."], {"responders": [{"temperature": 0.3}, {"temperature": 1.0}]},
     ...                            "out/responses")                                    # doctest: +SKIP
@@ -20,10 +23,11 @@ import polars as pl
 
 from alignmix.pipeline.schema import POLARS_SCHEMAS, RowError, content_id, sft_row, to_frame
 from alignmix.pipeline.store import fingerprint
-from alignmix.synth.backends import GenerationRequest, get_backend, request_seed
+from alignmix.synth.backends import get_backend, request_seed
 from alignmix.synth.batches import BatchStore, Timer, rejected_frame
 from alignmix.synth.config import PreferencesConfig
 from alignmix.synth.progress import maybe_progress
+from alignmix.synth.thinking import Trace, answer
 
 STAGE = "responses"
 VERSION = "responses-v1"
@@ -32,12 +36,21 @@ PROMPT_SCHEMA = {
     "prompt_id": pl.String,
     "prompt": pl.String,
     "messages": POLARS_SCHEMAS["prompt"]["messages"],  # the row schema's messages (with reasoning_content)
+    "ground_truth": pl.String,
 }
 
 
 def _prompt_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     return [{"role": m["role"], "content": m["content"]} for m in messages[: last_user + 1]]
+
+
+def _ground_truth(row: dict[str, Any]) -> str | None:
+    """A prompt's known answer (`meta.ground_truth`, as problem generators and ingest column mappings record
+    it), carried into every response's meta for `verify`."""
+    meta = orjson.loads(row["meta"]) if isinstance(row.get("meta"), str) and row["meta"] else {}
+    truth = meta.get("ground_truth") if isinstance(meta, dict) else None
+    return None if truth is None else str(truth)
 
 
 def load_prompts(source: Any, limit: int | None = None) -> pl.DataFrame:
@@ -63,7 +76,7 @@ def load_prompts(source: Any, limit: int | None = None) -> pl.DataFrame:
         else:
             raise ValueError(f"prompts need a messages, chosen or prompt column; got {frame.columns}")
         pid = content_id({"messages": turns})
-        rows.append({"prompt_id": pid, "prompt": turns[-1]["content"], "messages": turns})
+        rows.append({"prompt_id": pid, "prompt": turns[-1]["content"], "messages": turns, "ground_truth": _ground_truth(r)})
     out = pl.DataFrame(rows, schema=PROMPT_SCHEMA) if rows else pl.DataFrame(schema=PROMPT_SCHEMA)
     out = out.unique("prompt_id", keep="first", maintain_order=True)
     return out.head(limit) if limit else out
@@ -71,29 +84,27 @@ def load_prompts(source: Any, limit: int | None = None) -> pl.DataFrame:
 
 def response_batch(cfg: PreferencesConfig, prompts: pl.DataFrame, progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     timer = Timer()
-    plan = []  # (prompt row, responder index, k, responder)
+    plan = []  # (prompt row, responder index, k, responder, response index)
     for p in prompts.iter_rows(named=True):
         index = 0
         for ri, resp in enumerate(cfg.responders):
             for k in range(resp.n):
                 plan.append((p, ri, k, resp, index))
                 index += 1
-    results: dict[int, Any] = {}
+    results: dict[int, tuple[Trace, dict[str, Any]]] = {}
     seeds = {j: request_seed(cfg.seed, STAGE, p["prompt_id"], ri, k) for j, (p, ri, k, _, _) in enumerate(plan)}
     for ri, resp in enumerate(cfg.responders):
         backend = get_backend(resp.backend_spec())
         todo = [j for j, item in enumerate(plan) if item[1] == ri]
-        reqs = []
-        for j in todo:
-            p = plan[j][0]
-            system = [{"role": "system", "content": resp.system_prompt}] if resp.system_prompt else []
-            reqs.append(GenerationRequest(messages=system + p["messages"], params=resp.sampling().params((), seeds[j])))
-        for j, res in zip(todo, backend.generate(reqs, progress)):
-            results[j] = (res, backend.describe())
+        system = [{"role": "system", "content": resp.system_prompt}] if resp.system_prompt else []
+        traces = answer(backend, [system + plan[j][0]["messages"] for j in todo], resp.sampling(), resp.thinking,
+                        [seeds[j] for j in todo], (), progress)
+        for j, trace in zip(todo, traces):
+            results[j] = (trace, backend.describe())
     kept, rejected, seen, tokens = [], [], set(), 0
     for j, (p, ri, k, resp, index) in enumerate(plan):
-        res, described = results[j]
-        tokens += res.completion_tokens
+        trace, described = results[j]
+        tokens += trace.completion_tokens
         meta = {
             "prompt_id": p["prompt_id"],
             "response_index": index,
@@ -102,26 +113,27 @@ def response_batch(cfg: PreferencesConfig, prompts: pl.DataFrame, progress=None)
             "system_prompt": resp.system_prompt,
             "sampling": resp.sampling().model_dump(),
             "seed": seeds[j],
-            "finish_reason": res.finish_reason,
-            "completion_tokens": res.completion_tokens,
+            "finish_reason": trace.finish_reason,
+            "completion_tokens": trace.completion_tokens,
         }
-        text = res.text.strip()
+        if resp.thinking is not None:
+            meta.update(thinking=resp.thinking.model_dump(), **trace.meta())
+        if p.get("ground_truth") is not None:
+            meta["ground_truth"] = p["ground_truth"]
         sid = f"{p['prompt_id']}-{index}"
-        reason = None
-        if not text:
-            reason = ("empty_response", f"{res.completion_tokens} tokens, nothing after stripping")
-        elif (p["prompt_id"], text) in seen:
+        reason = trace.rejection()
+        if reason is None and (p["prompt_id"], trace.reasoning, trace.answer) in seen:
             reason = ("duplicate_response", "the same text as an earlier response to this prompt")
         if reason is None:
             try:
-                kept.append(sft_row(p["messages"] + [{"role": "assistant", "content": text}], source=cfg.name, source_id=sid, meta=meta))
-                seen.add((p["prompt_id"], text))
+                kept.append(sft_row(p["messages"] + [trace.message()], source=cfg.name, source_id=sid, meta=meta))
+                seen.add((p["prompt_id"], trace.reasoning, trace.answer))
                 continue
             except RowError as err:
                 reason = (err.reason, err.detail())
         rejected.append({
-            "id": content_id({"messages": [{"role": "user", "content": f"{sid}/{text}"}]}),
-            "source": cfg.name, "source_id": sid, "text": res.text,
+            "id": content_id({"messages": [{"role": "user", "content": f"{sid}/{trace.raw}"}]}),
+            "source": cfg.name, "source_id": sid, "text": trace.raw,
             "meta": orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
             "drop_stage": STAGE, "drop_reason": reason[0], "drop_detail": reason[1],
         })  # fmt: skip

@@ -51,9 +51,16 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """`enable_thinking` goes to the chat template as Qwen3's templates read it (None: not passed, the template's
+    default); it applies to `messages` requests only, a raw `prompt` being completed as written."""
+
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     messages: tuple[dict[str, str], ...] | list[dict[str, str]] | None = None
+    enable_thinking: bool | None = None
+
+    def template_kwargs(self) -> dict[str, Any]:
+        return {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -62,10 +69,14 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
+    """`text` is the completion; `reasoning` is set only where the backend returned the reasoning apart (an
+    OpenAI-compatible server with a reasoning parser), `text` then being the answer alone."""
+
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    reasoning: str | None = None
 
 
 def request_seed(*parts: Any) -> int:
@@ -142,8 +153,10 @@ class Backend(ABC):
     def special_tokens(self) -> dict[str, str]:
         """{"bos_token": ..., "eos_token": ...}: what templates refer to, and the end-of-sequence text."""
 
-    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The conversation rendered with the model's chat template (raises if the backend has none)."""
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True,
+                    **template_kwargs: Any) -> str:
+        """The conversation rendered with the model's chat template (raises if the backend has none);
+        `template_kwargs` (`enable_thinking`) are passed to the template as variables."""
         from alignmix.synth.templates import render_template
 
         template = self.chat_template()
@@ -152,7 +165,14 @@ class Backend(ABC):
                 f"the {self.name} backend for {self.model!r} has no chat template: give `tokenizer:` (a folder or id "
                 "whose tokenizer_config has one) or a `template:` preset"
             )
-        return render_template(template, messages, add_generation_prompt=add_generation_prompt, **self.special_tokens())
+        return render_template(template, messages, add_generation_prompt=add_generation_prompt,
+                               **self.special_tokens(), **template_kwargs)
+
+    def request_text(self, request: GenerationRequest) -> str:
+        """The text a request completes: its raw prompt, or its conversation through the chat template."""
+        if request.prompt is not None:
+            return request.prompt
+        return self.render_chat(request.messages, **request.template_kwargs())
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}

@@ -101,6 +101,8 @@ class OpenAIBackend(Backend):
             body["top_k"] = p.top_k  # not in OpenAI's API; vLLM and most open servers accept it
         if r.prompt is not None:
             return "/completions", {**body, "prompt": r.prompt}
+        if r.template_kwargs():  # vLLM's server passes these to the chat template (Qwen3's enable_thinking)
+            body["chat_template_kwargs"] = r.template_kwargs()
         return "/chat/completions", {**body, "messages": list(r.messages)}
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +127,18 @@ class OpenAIBackend(Backend):
         path, body = self._payload(r)
         data = self._post(path, body)
         choice = data["choices"][0]
-        text = choice["text"] if r.prompt is not None else (choice["message"].get("content") or "")
+        message = choice.get("message") or {}
+        text = choice["text"] if r.prompt is not None else (message.get("content") or "")
+        # A server with a reasoning parser (`vllm serve --reasoning-parser`) returns the reasoning apart, named
+        # reasoning_content (vLLM < 0.10, DeepSeek's API) or reasoning (newer vLLM, OpenRouter).
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
         usage = data.get("usage") or {}
         return GenerationResult(
             text=text,
             finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
+            reasoning=reasoning if isinstance(reasoning, str) else None,
         )
 
     def _probs_one(self, prompt: str, candidates: list[str]) -> dict[str, float]:

@@ -79,7 +79,7 @@ class TransformersBackend(LocalModelBackend):
         self.lm = None
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
-        prompts = [r.prompt if r.prompt is not None else self.render_chat(r.messages) for r in requests]
+        prompts = [self.request_text(r) for r in requests]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(requests)), key=lambda i: -len(ids[i]))
         results: list[GenerationResult | None] = [None] * len(requests)

@@ -100,7 +100,7 @@ class VLLMBackend(LocalModelBackend):
         """The request's prompt as token ids, encoded without special tokens: a raw prompt is completed as
         written (a Llama-3 pre-query template already starts with `<|begin_of_text|>`; a text prompt would get
         a second one from vLLM's tokenizer), and a chat template writes its own BOS."""
-        text = request.prompt if request.prompt is not None else self.render_chat(request.messages)
+        text = self.request_text(request)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
