@@ -30,10 +30,15 @@ into `extracted_answer` (`extracted_chosen` / `extracted_rejected`); `stats.dist
 verdicts per source, with the accuracy correct / (correct + wrong).
 
 Measured on real files (public DeepSeek-R1 traces of MMLU-Pro questions, luckyIITR/r1-distill; Sky-T1 outputs on
-Minerva-Math, NovaSky-AI/SkyThought): all 413 R1 answers yield their letter, and all 413 match (the file keeps only
-matched traces). On the 544 Minerva outputs math-verify agrees with the file's own grader (Qwen2.5-Math's) on
-most rows and differs where that grader's extraction failed (it read "3" from "x(t) = \\frac{e^t}{3}"); the test
-of this module gives the figures.
+Minerva-Math, NovaSky-AI/SkyThought): all 413 R1 answers yield the letter the file's own checker recorded, and all
+413 are right (the file keeps only matched traces). Of the two Sky-T1 models' 272 outputs each, 215 and 176 parse
+(the rest are cut inside their reasoning or solution); math-verify calls 86 and 76 of them right, and agrees with
+the file's own grader (Qwen2.5-Math's) on 189 of 215 and 149 of 176. Where they differ it is mostly that grader's
+extraction failing (it read "3" from "x(t) = \\frac{e^t}{3}", 40 rows it calls wrong), and a few rounded or
+partial answers it accepts ("6630.65" for 6630, "E_1" for "E_1, E_2": 11 rows).
+
+A ground truth that is a JSON list of strings (the column mapping writes a list of answers so, `["12", "twelve"]`)
+accepts any of its answers.
 
 `timeout_seconds` uses math-verify's SIGALRM timer, which exists only in the main thread: a stage scored in a
 worker thread checks without a timeout.
@@ -206,6 +211,10 @@ def check_answer(answer: str, truth: str | None, checker: Checker = "auto", lett
     if truth is None or not truth.strip():
         return Verdict("no_truth")
     truth = truth.strip()
+    answers = _truth_list(truth)
+    if answers is not None:
+        verdicts = [check_answer(answer, t, checker, letters, timeout_seconds) for t in answers]
+        return min(verdicts, key=lambda v: ("correct", "wrong").index(v.status) if v.status in ("correct", "wrong") else 2)
     letter = _choice_truth(truth, letters) if checker in ("auto", "choice") else None
     if letter is not None or checker == "choice":
         found = extract_choice(answer, letters)
@@ -216,6 +225,20 @@ def check_answer(answer: str, truth: str | None, checker: Checker = "auto", lett
     if checker == "math" or (checker == "auto" and _MATHY.search(truth)):
         return check_math(answer, truth, timeout_seconds)
     return check_exact(answer, truth)
+
+
+def _truth_list(truth: str) -> list[str] | None:
+    """The answers of a truth written as a JSON list (`["12", "twelve"]`), or None for any other truth."""
+    if not truth.startswith("["):
+        return None
+    try:
+        value = orjson.loads(truth)
+    except orjson.JSONDecodeError:
+        return None  # LaTeX such as [0, 1) is an interval, not a list
+    # strings only: [1, 2] is as likely a closed interval as a list of two answers
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None
+    return value
 
 
 def truth_of(meta: str | None, key: str = "ground_truth") -> str | None:

@@ -62,8 +62,12 @@ def test_math_and_exact_checks():
     assert check_answer("Answer: **Paris**.", "paris").status == "correct"
     assert check_answer("Answer: Lyon", "Paris").status == "wrong"
     assert check_answer("anything", None).status == "no_truth"
-    # checker: choice forces letters even for a truth written as a word
+    # checker: exact compares the whole statement, even for a truth that looks like a letter
     assert check_answer("The answer is (C).", "C", "exact").status == "wrong"
+    # a list of answers accepts any; a list of numbers is math (an interval), not a list
+    assert check_answer("Answer: twelve", '["12", "twelve"]').status == "correct"
+    assert check_answer("Answer: eleven", '["12", "twelve"]').detail() == "extracted eleven, expected twelve (exact)"
+    assert check_answer("The solution set is \\boxed{[1, 2]}", "[1, 2]").status == "correct"
 
 
 def test_each_rule_on_sft_rows_reads_the_answer_not_the_reasoning():
@@ -201,3 +205,28 @@ def test_minerva_outputs_verify_with_math_verify(name):
     score = both["meta"].map_elements(lambda m: orjson.loads(m)["score"][0], return_dtype=pl.Boolean)
     pairs = Counter(zip(both["verdict"], score))
     assert {k: pairs[k] for k in agreement} == agreement
+
+
+def test_verify_and_reasoning_stages_in_the_curation_engine(tmp_path):
+    """The stages as a recipe's `curation:` runs them: sharded scoring, rejected rows and stats on disk."""
+    from alignmix.filters.apply import curate
+    from alignmix.filters.registry import build_stage
+
+    frame = to_frame([
+        trace("right", "The answer is (C).", "C"),
+        trace("wrong", "The answer is (C).", "B"),
+        trace("empty", "The answer is (C).", "C", reasoning=""),
+        trace("cut", "The answer is (C).", "C", meta={"finish_reason": "reasoning_length"}),
+    ], "sft")
+    stages = [build_stage({"stage": "verify"}), build_stage({"stage": "reasoning"}), build_stage({"stage": "length"})]
+    stats = curate(frame, tmp_path / "out", stages)
+    assert [(s.stage, s.rows_in, s.rows_kept, s.dropped) for s in stats] == [
+        ("verify", 4, 2, {"truncated_reasoning": 1, "wrong_answer": 1}),
+        ("reasoning", 2, 1, {"empty_reasoning": 1}),
+        ("length", 1, 1, {}),
+    ]
+    rejected = pl.read_parquet(tmp_path / "out" / "rejected" / "verify.parquet")
+    assert by_source_id(rejected) == {"wrong": ("wrong_answer", "extracted C, expected B (choice)"),
+                                      "cut": ("truncated_reasoning", "finish_reason=reasoning_length")}
+    assert stats[0].distributions["verify"]["by_source"]["t"]["accuracy"] == 0.6667
+    assert stats[2].distributions["reasoning_len"]["n"] == 1
