@@ -95,13 +95,25 @@ def _names_reasoning(schema: pa.Schema) -> bool:
 
 
 # --- columns ----------------------------------------------------------------------------------------------------
+# Arrays are made from numpy buffers and through polars: pa.array() and Python scalars in pyarrow.compute import
+# pandas (about 0.5 s) to check their input, which a short `alignmix dedup` would pay in full.
+
+
+def _numbers(values: np.ndarray) -> pa.Array:
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _strings(values: list[str]) -> pa.Array:
+    return pl.Series(values, dtype=pl.String).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.string())
+
 
 
 def _text(table: pa.Table, name: str) -> pa.Array:
     """A required string field: present in every record, a string (else the record path: missing_field, bad_type)."""
     if name not in table.column_names:
         raise _Slow
-    col = table.column(name).chunk(0) if table.num_rows else pa.array([], pa.string())
+    col = table.column(name).chunk(0)
     if col.type != pa.string() or col.null_count:
         raise _Slow
     return col
@@ -113,7 +125,7 @@ def _no_system(table: pa.Table) -> None:
         col = table.column("system")
         if col.type == pa.null():
             return
-        if col.type != pa.string() or pc.any(pc.greater(pc.binary_length(col), 0)).as_py():
+        if col.type != pa.string() or (pl.Series(col).str.len_bytes().max() or 0) > 0:
             raise _Slow
 
 
@@ -130,11 +142,11 @@ def _keyed(col: pa.Array) -> pl.Series:
     edge = np.zeros(len(col), dtype=bool)
     some = ~empty
     edge[some] = _ASCII_SPACE[data[starts[some]]] | _ASCII_SPACE[data[ends[some] - 1]]
-    odd = empty | edge | ~pc.string_is_ascii(col).to_numpy(zero_copy_only=False)
+    odd = empty | edge | ~pl.Series(pc.string_is_ascii(col)).to_numpy()
     keyed = pl.Series(col)
     if odd.any():
         where = np.flatnonzero(odd)
-        texts = col.take(pa.array(where)).to_pylist()
+        texts = col.take(_numbers(where)).to_pylist()
         keys = [_nfc(t).strip() for t in texts]
         if not all(keys):
             raise _Slow  # an empty turn (NFC never empties a text, so this is the per-row check)
@@ -166,13 +178,13 @@ def _meta(table: pa.Table, skip: frozenset[str]) -> pa.Array:
     names = sorted(n for n in table.column_names if n not in skip)
     n = table.num_rows
     if not names:
-        return pa.array(["{}"] * n, pa.string())
+        return _strings(["{}"] * n)
     if any(table.column(name).type not in _META_TYPES for name in names):
         raise _Slow  # floats, lists, objects: their JSON text is orjson's to write (record path)
     if any(table.column(name).null_count for name in names):
         rows = table.select(names).to_pylist()
-        return pa.array([orjson.dumps({k: v for k, v in r.items() if v is not None}, option=orjson.OPT_SORT_KEYS)
-                         .decode() for r in rows], pa.string())
+        return _strings([orjson.dumps({k: v for k, v in r.items() if v is not None}, option=orjson.OPT_SORT_KEYS)
+                         .decode() for r in rows])
     frame = pl.from_arrow(table.select(names))
     assert isinstance(frame, pl.DataFrame)
     meta = frame.select(pl.struct(names).struct.json_encode()).to_series()
@@ -194,7 +206,7 @@ def _score(table: pa.Table, name: str) -> pa.Array:
     else:
         return pa.nulls(n, pa.float64())
     col = col.cast(pa.float64())
-    if col.null_count < n and not pc.all(pc.less(pc.abs(col), _MAX_EXACT)).as_py():
+    if not (np.abs(pl.Series(col).drop_nulls().to_numpy()) < _MAX_EXACT).all():
         raise _Slow  # NaN, Infinity or a huge number
     return col
 
@@ -208,17 +220,16 @@ def _metadata_only_scores(table: pa.Table) -> None:
 
 
 def _lineage(n: int, source: str, index: int) -> list[pa.Array]:
-    return [pa.array([source] * n, pa.string()),
-            pc.cast(pa.array(np.arange(index, index + n, dtype=np.int64)), pa.string())]
+    return [_strings([source] * n), pc.cast(_numbers(np.arange(index, index + n, dtype=np.int64)), pa.string())]
 
 
 def _conversation(n: int, parts: list[pa.Array], roles: list[str]) -> pa.Array:
     """list<MESSAGE> of n conversations, turn j of row i being parts[j][i] with role roles[j]."""
     turns = len(parts)
     order = np.arange(n * turns, dtype=np.int64).reshape(turns, n).T.ravel()  # row-major: row 0's turns first
-    contents = pa.concat_arrays(parts).take(pa.array(order)) if turns > 1 else parts[0]
-    offsets = pa.array(np.arange(0, n * turns + 1, turns, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, message_struct(pa.array(roles * n, pa.string()), contents))
+    contents = pa.concat_arrays(parts).take(_numbers(order)) if turns > 1 else parts[0]
+    offsets = _numbers(np.arange(0, n * turns + 1, turns, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, message_struct(_strings(roles * n), contents))
 
 
 # --- formats ----------------------------------------------------------------------------------------------------
@@ -238,7 +249,7 @@ def _pairs(table: pa.Table, consumed: frozenset[str], source: str, index: int): 
     n = table.num_rows
     columns = [prompt, _conversation(n, [prompt, chosen], ["user", "assistant"]),
                _conversation(n, [prompt, rejected], ["user", "assistant"]), *scores,
-               pa.array(ids, pa.string()), *_lineage(n, source, index), _meta(table, consumed)]
+               _strings(ids), *_lineage(n, source, index), _meta(table, consumed)]
     out = pa.Table.from_arrays(columns, schema=SCHEMAS["preference"])
     return FastBatch(out, ids, [2] * n, pc.utf8_length(chosen).to_pylist(), pc.utf8_length(rejected).to_pylist())
 
@@ -254,7 +265,7 @@ def _prompts(table: pa.Table, consumed: frozenset[str], source: str, index: int)
     frame = pl.DataFrame([_keyed(text).alias("p")])
     ids = _ids(frame, '{"kind":"prompt","messages":[["user",', _json("p"), "]]}")
     n = table.num_rows
-    columns = [_conversation(n, [text], ["user"]), pa.array(ids, pa.string()), *_lineage(n, source, index),
+    columns = [_conversation(n, [text], ["user"]), _strings(ids), *_lineage(n, source, index),
                _meta(table, consumed | {present[0]})]
     out = pa.Table.from_arrays(columns, schema=SCHEMAS["prompt"])
     return FastBatch(out, ids, [1] * n, pc.utf8_length(text).to_pylist(), [])
