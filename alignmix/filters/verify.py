@@ -139,7 +139,11 @@ def check_math(answer: str, truth: str, timeout_seconds: int | None = 5) -> Verd
     handle does not hide another that matches, and a timeout is told apart from a wrong answer (math-verify's
     own `verify` reports both as False).
     """
-    timeout = _timeout(timeout_seconds)
+    return _check_math(answer, truth, _timeout(timeout_seconds))
+
+
+@lru_cache(maxsize=4096)  # sympy is the cost: the same answer checked twice (a pair's side, a resampled trace)
+def _check_math(answer: str, truth: str, timeout: int | None) -> Verdict:
     gold = _parse_truth(truth, timeout)
     pred = _parse_answer(answer, timeout)
     if not pred:
