@@ -308,13 +308,13 @@ class LineBlock(Sequence[RawRecord]):
     @property
     def records(self) -> list[RawRecord]:
         if self._records is None:
-            blob, start, out = self.blob, 0, []
-            for i, end in enumerate(self.ends):
-                rec = RawRecord(None, self.file, self.record + i, self.line + i, blob[start:end], parsed=False)
-                out.append(rec.ensure_parsed() if self.parse else rec)
-                start = end
-            self._records = out
+            self._records = [self._record(i) for i in range(len(self.ends))]
         return self._records
+
+    def _record(self, i: int) -> RawRecord:
+        start = self.ends[i - 1] if i else 0
+        rec = RawRecord(None, self.file, self.record + i, self.line + i, self.blob[start:self.ends[i]], parsed=False)
+        return rec.ensure_parsed() if self.parse else rec
 
     def __iter__(self) -> Iterator[RawRecord]:
         return iter(self.records)
@@ -323,6 +323,8 @@ class LineBlock(Sequence[RawRecord]):
         if isinstance(i, slice) and i.step is None and (i.start or 0) == 0 and self._records is None:
             ends = self.ends[: i.stop]  # the first lines (a source's `limit`)
             return LineBlock(self.blob[: ends[-1] if ends else 0], ends, self.file, self.record, self.line, self.parse)
+        if isinstance(i, int) and self._records is None:  # one record (a rejected row's): the others stay bytes
+            return self._record(i if i >= 0 else len(self.ends) + i)
         return self.records[i]
 
 
