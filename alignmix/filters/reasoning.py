@@ -59,7 +59,7 @@ def has_reasoning_field(frame: pl.DataFrame, column: str) -> bool:
 def final_reasoning(frame: pl.DataFrame, column: str) -> pl.Expr:
     """The reasoning of the last turn of a conversation column (null where there is none)."""
     if not has_reasoning_field(frame, column):
-        return pl.lit(None, dtype=pl.String)
+        return pl.repeat(None, pl.len(), dtype=pl.String)  # one null per row (a bare literal would be one value)
     return pl.col(column).list.last().struct.field("reasoning_content")
 
 

@@ -176,3 +176,19 @@ def test_reasoning_length_distribution_of_r1_traces():
     assert stats.distributions["reasoning_len"]["p50"] == float(np.percentile(lengths, 50))
     assert Counter(rejected["drop_reason"]) == {"reasoning_too_long": int((lengths > 4000).sum())}
     assert int((lengths > 4000).sum()) == 20
+
+
+def test_rows_written_before_messages_carried_reasoning():
+    """Shards of the old message struct (role, content) load as they are: no reasoning, every rule passes."""
+    from alignmix.filters.verify import Verify
+
+    turns = [{"role": "user", "content": "Pick one."}, {"role": "assistant", "content": "The answer is (C)."}]
+    old = pl.DataFrame({"messages": [turns] * 2, "id": ["1", "2"], "source": ["s"] * 2, "source_id": ["1", "2"],
+                        "meta": ['{"ground_truth": "C"}', '{"ground_truth": "D"}']})
+    assert old.schema["messages"] == pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    kept, _, _ = assert_stage_contract(LengthFilter({"max_reasoning": 1}), old)
+    assert kept["reasoning_len"].to_list() == [None, None]
+    kept, _, _ = assert_stage_contract(ReasoningFilter(), old)
+    assert kept.height == 2 and kept["repeated_paragraph_share"].null_count() == 2
+    _, rejected, _ = assert_stage_contract(Verify(), old)
+    assert by_source_id(rejected) == {"2": ("wrong_answer", "extracted C, expected D (choice)")}

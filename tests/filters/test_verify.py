@@ -115,6 +115,11 @@ def test_preference_rows_need_a_correct_chosen_and_a_wrong_rejected():
     assert kept.select("verdict_chosen", "verdict_rejected").row(0) == ("correct", "wrong")
     _, rejected, _ = assert_stage_contract(Verify({"pairs": "chosen"}), frame)
     assert by_source_id(rejected) == {"chosen_wrong": ("wrong_answer", "chosen: extracted 5, expected 4 (math)")}
+    # a generated pair records each side's finish reason: a chosen cut inside its reasoning is dropped
+    cut = frame.with_columns(pl.lit('{"ground_truth": "4", "finish_reason": {"chosen": "reasoning_length", '
+                                    '"rejected": "stop"}}').alias("meta"))
+    _, rejected, _ = assert_stage_contract(Verify(), cut)
+    assert set(by_source_id(rejected).values()) == {("truncated_reasoning", "chosen: finish_reason=reasoning_length")}
 
 
 def test_prompt_rows_are_refused_with_the_fix():
