@@ -5,6 +5,7 @@
       ├─ read sources                                  one task per source           work/sources/<name>/
       ├─ build-preferences                             responses → judge → pairs     work/preferences/<name>/
       ├─ iterative-dpo                                 rounds of on-policy DPO       rounds/round-<k>/
+      ├─ rejection-sampling                            N samples → verify → pairs    work/rejection/<name>/
       ├─ curate                                        per stage: one task per shard (scores), then decide
       ├─ mix + card                                    data/, manifest.json, README.md, card.html, artifacts
       └─ train-sft / train-dpo                         when the recipe has a `training:` section
@@ -95,6 +96,25 @@ def preferences_task(recipe: Recipe, prompt_dirs: list[str]) -> str:
         "preferences: %s prompts -> %s pairs, dropped %s", binarized.get("rows_in"), binarized.get("rows_kept"),
         binarized.get("dropped") or "none",
     )
+    return str(out)
+
+
+@task(name="rejection-sampling", retries=GENERATION_RETRIES, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def rejection_sampling_task(recipe: Recipe, name: str, prompt_dirs: list[str]) -> str:
+    from alignmix.synth.rejection_sampling import run_rejection_sampling
+
+    spec = next(s for s in recipe.rejection_sampling if s.get("name") == name)
+    out = curation.work_dir(recipe) / "rejection" / name
+    prompts = pl.concat([MixStore(d).read() for d in prompt_dirs], how="diagonal_relaxed")
+    try:
+        with _progress_to_run_log():
+            stats = run_rejection_sampling(prompts, {"seed": recipe.seed, **spec}, out)
+    except Exception as err:
+        raise RuntimeError(f"stage rejection-sampling failed on {name!r}: {err}") from err
+    curation.publish_part(out, recipe.out_dir())
+    get_run_logger().info("rejection sampling %s: %s samples, %s correct, %s %s rows%s", name, stats["rows_in"],
+                          stats["rows_kept"], stats["output_rows"], stats["output"],
+                          f" ({stats['why_no_pairs']})" if stats.get("why_no_pairs") else "")
     return str(out)
 
 
@@ -268,6 +288,9 @@ def build_ultrafeedback_mix(recipe: str, dask_address: str | None = None) -> dic
         from alignmix.flows.iterative import iterative_dpo
 
         part_dirs.update(iterative_dpo(recipe, part_dirs))
+    for spec in r.rejection_sampling:  # one after another: each samples with the whole machine
+        prompts = [part_dirs[p] for p in spec["prompts"]] if isinstance(spec["prompts"], list) else [part_dirs[spec["prompts"]]]
+        part_dirs[spec["name"]] = rejection_sampling_task(r, spec["name"], prompts)
 
     curated_path = curate_flow(recipe, part_dirs, dask_address)
     curation.prune_stale(r, part_dirs)

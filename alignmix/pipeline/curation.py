@@ -226,7 +226,8 @@ def publish_part(part_dir: Path, mix_dir: Path) -> None:
             shutil.copyfile(f, dest)
 
 
-PART_POSITIONS = {"ingest": -4, "magpie": -4, "self_instruct": -4, "responses": -3, "judge": -2, "binarize": -1}
+PART_POSITIONS = {"ingest": -4, "magpie": -4, "self_instruct": -4, "arithmetic_problems": -4, "responses": -3,
+                  "judge": -2, "binarize": -1, "rejection_sampling": -2}
 
 
 def part_outputs(part_dir: Path, mix_dir: Path) -> list[tuple[Path, Path]]:

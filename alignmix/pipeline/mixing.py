@@ -11,6 +11,9 @@ Per source, a recipe asks for one of:
     >>> result.stats["sources"]["uf"]["rows"], result.draws.columns                    # doctest: +SKIP
     (10, ['source', 'id', 'source_id', 'times', 'split'])
 
+With `fusion:` (alignmix.pipeline.fusion), rows are rewritten for their thinking mode before they are drawn and
+the draws are thinned to the asked share of thinking rows; `stats["fusion"]` records both sides.
+
 Upsampling repeats every row `n // N` times and then draws `n % N` distinct rows once more, so no row is
 repeated twice as often as another. The test split is drawn from distinct rows, so a repeated row is never in
 both splits; it is stratified by source (and by `category` when `stratify_by` names it).
@@ -24,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
+from alignmix.pipeline.fusion import FusionError, fuse_draws, set_modes
 from alignmix.pipeline.recipe import MixSourceSpec, MixSpec
 from alignmix.pipeline.schema import prompt_rows_in, row_kind
 from alignmix.pipeline.topics import CATEGORIES, add_categories
@@ -148,7 +152,7 @@ def mix_sources(curated: dict[str, pl.DataFrame], spec: MixSpec, seed: int) -> M
 
     # Sorting makes the draws independent of the order rows arrived in.
     frames = {
-        name: add_categories(curated[name]).with_columns(pl.lit(name).alias("source")).sort("id", "source_id")
+        name: _with_mode(add_categories(curated[name]), name, spec).with_columns(pl.lit(name).alias("source")).sort("id", "source_id")
         for name in sorted(spec.sources)
     }
     wanted = plan_counts({n: f.height for n, f in frames.items()}, spec)
@@ -161,6 +165,10 @@ def mix_sources(curated: dict[str, pl.DataFrame], spec: MixSpec, seed: int) -> M
         drawn_parts.append(rows.with_columns(pl.Series("__times", times[picked], dtype=pl.Int64)))
 
     distinct = pl.concat(drawn_parts, how="diagonal_relaxed")
+    fused = None
+    if spec.fusion is not None:
+        _check_sides(distinct, spec.fusion.thinking)
+        distinct, fused = fuse_draws(distinct, spec.fusion.thinking, _rng(seed, "fusion"))
     strata_cols = [c for c in spec.stratify_by if c in distinct.columns] or ["source"]
     strata = distinct.select(pl.concat_str([pl.col(c).fill_null("") for c in strata_cols], separator="/"))
     is_test = _test_mask(strata.to_series().to_list(), spec.test_fraction, seed)
@@ -179,7 +187,31 @@ def mix_sources(curated: dict[str, pl.DataFrame], spec: MixSpec, seed: int) -> M
     train, test = expand("train"), expand("test")
     draws = pl.concat(draws_parts).sort("source", "id", "source_id")
     stats = _mix_stats(spec, seed, frames, wanted, draws, train, test)
+    if fused is not None:
+        stats["fusion"] = {**spec.fusion.model_dump(mode="json"), **fused}
     return MixResult(train, test, draws, stats)
+
+
+def _with_mode(frame: pl.DataFrame, name: str, spec: MixSpec) -> pl.DataFrame:
+    if spec.fusion is None:
+        return frame
+    try:
+        return set_modes(frame, name, spec.sources[name].mode, spec.fusion)
+    except FusionError as err:
+        raise MixError(str(err)) from None
+
+
+def _check_sides(distinct: pl.DataFrame, share: float | None) -> None:
+    """A share strictly between 0 and 1 needs rows of both modes among the draws."""
+    if share is None or share in (0, 1) or distinct.is_empty():
+        return
+    have = set(distinct["mode"].to_list())
+    for mode in ("thinking", "non_thinking"):
+        if mode not in have:
+            raise MixError(
+                f"mix.fusion.thinking = {share:g} asks for both modes, but no {mode} row was drawn "
+                f"(modes drawn: {sorted(have)}); add a source of {mode} rows (or set its `mode`), or drop the share"
+            )
 
 
 def _category_counts(frame: pl.DataFrame) -> dict[str, int]:

@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from alignmix.pipeline.columns import ColumnMap
 from alignmix.pipeline.config import StrictModel
+from alignmix.pipeline.fusion import FusionSpec, Mode
 from alignmix.pipeline.rounds import IterativeSpec
 
 
@@ -72,6 +73,8 @@ class MixSourceSpec(_Strict):
     count: int | None = Field(None, gt=0, description="an absolute number of rows")
     share: float | None = Field(None, gt=0, le=1, description="a share of the final mix (needs mix.total)")
     upsample: bool = Field(False, description="allow repeating rows when more are asked than the source has")
+    mode: Mode = Field("auto", description="thinking-mode fusion (needs mix.fusion): auto (each row as it is), "
+                       "non_thinking (reasoning taken out), thinking (every row must reason); see pipeline/fusion.py")
 
     @model_validator(mode="after")
     def _one_amount(self) -> MixSourceSpec:
@@ -86,11 +89,17 @@ class MixSpec(_Strict):
     total: int | None = Field(None, gt=0, description="the size of the final mix, needed by `share`")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="the share of rows held out as the test split")
     stratify_by: list[Literal["source", "category"]] = Field(default_factory=lambda: ["source"])
+    fusion: FusionSpec | None = Field(None, description="thinking and non-thinking rows at set shares, with Qwen3's "
+                                      "/think and /no_think flags (see pipeline/fusion.py)")
 
     @model_validator(mode="after")
     def _total_for_shares(self) -> MixSpec:
         if any(s.share is not None for s in self.sources.values()) and self.total is None:
             raise ValueError("sources given by `share` need `total`, the size of the final mix")
+        moded = sorted(n for n, s in self.sources.items() if s.mode != "auto")
+        if moded and self.fusion is None:
+            raise ValueError(f"sources {moded} set a `mode`, which only thinking-mode fusion reads: add "
+                             "`fusion: {}` (or a thinking share) to mix, or remove `mode`")
         return self
 
 
@@ -113,16 +122,23 @@ class Recipe(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     training: dict[str, Any] | None = Field(None, description="optional SFT / DPO runs on the mix")
     iterative: IterativeSpec | None = Field(None, description="rounds of on-policy DPO (see pipeline/rounds.py)")
+    rejection_sampling: list[dict[str, Any]] = Field(
+        default_factory=list, description="N samples per problem, verified: correct traces or correct-vs-wrong pairs "
+        "(see synth/rejection_sampling.py)"
+    )
     task_runner: dict[str, Any] | None = Field(None, description="threads (default) or dask: {address: ...}")
 
     @model_validator(mode="after")
     def _names(self) -> Recipe:
         names = [s.name for s in self.sources] + [str(g.get("name")) for g in self.generators]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        sampled = [str(r.get("name")) for r in self.rejection_sampling]
+        dupes = sorted({n for n in names + sampled if (names + sampled).count(n) > 1})
         if dupes:
-            raise ValueError(f"source and generator names must be unique; repeated: {dupes}")
+            raise ValueError(f"source, generator and rejection_sampling names must be unique; repeated: {dupes}")
         for field, named in (("preferences.prompts", self.prompt_names()),
-                             ("iterative.prompts", self.iterative.prompt_names() if self.iterative else [])):
+                             ("iterative.prompts", self.iterative.prompt_names() if self.iterative else []),
+                             *((f"rejection_sampling.{r.get('name')}.prompts", _names_of(r.get("prompts")))
+                               for r in self.rejection_sampling)):
             _known_parts(field, named, names)
         return self
 
@@ -138,6 +154,10 @@ class Recipe(_Strict):
 
     def out_dir(self) -> Path:
         return Path(self.output.dir) / self.name
+
+
+def _names_of(named: Any) -> list[str]:
+    return [] if not named else [named] if isinstance(named, str) else [str(n) for n in named]
 
 
 def _known_parts(field: str, named: list[str], names: list[str]) -> None:
