@@ -5,6 +5,7 @@ ones kept for SFT, and correct-vs-wrong traces of the same problem paired as rea
     result.sft      # SFT rows: the correct traces (all, or the shortest per problem)
     result.pairs    # preference rows: a correct trace against a wrong one of the same problem
     result.stats    # problems, samples, verdicts, problems all right / all wrong / mixed, rows made
+    result.samples  # every sample with its `verdict` and `extracted_answer`
 
 `samples` are SFT rows whose final assistant turn is one sampled trace (its `reasoning_content` and answer) and
 whose `meta.ground_truth` holds the answer, as the verify stage reads them. Rows with the same prompt turns (every
@@ -67,6 +68,8 @@ class RejectionResult:
     sft: pl.DataFrame
     pairs: pl.DataFrame
     stats: dict[str, Any] = field(default_factory=dict)
+    # every sample as given, with the verify stage's `verdict` and `extracted_answer` (what was not kept, and why)
+    samples: pl.DataFrame | None = None
 
 
 def problem_key(messages: list[dict[str, Any]]) -> str:
@@ -124,7 +127,8 @@ def rejection_sample(samples: pl.DataFrame, config: RejectionConfig | dict[str, 
     # rows in problem order, then by id: the same samples in any order give the same rows
     sft = _with_rejection_meta(scored, kept, problems, verdicts)
     pair_frame = to_frame(pairs, "preference")
-    return RejectionResult(sft, pair_frame, _stats(scored, problems, verdicts, sft, pair_frame))
+    stats = _stats(scored, problems, verdicts, sft, pair_frame)
+    return RejectionResult(sft, pair_frame, stats, scored.drop("drop_reason", "drop_detail", strict=False))
 
 
 def _pairs(key: str, members: list[int], correct: list[int], wrong: list[int], scored: pl.DataFrame,

@@ -57,6 +57,8 @@ def test_correct_traces_are_kept_and_the_shortest_correct_meets_the_closest_wron
         "sft_rows": 5, "pairs": 1,
     }
     assert sorted(result.sft["source_id"]) == ["p1-0", "p1-1", "p2-0", "p2-1", "p4-0"]
+    verdicts = dict(zip(result.samples["source_id"], result.samples["verdict"]))
+    assert (verdicts["p1-3"], verdicts["p4-1"], result.samples.height) == ("wrong", "truncated", 9)
     assert result.sft.columns == ["messages", "id", "source", "source_id", "meta"]
     assert orjson.loads(result.sft.filter(pl.col("source_id") == "p1-0")["meta"].item())["rejection"] == {
         "problem": problem_key(SAMPLES[0]["messages"]), "samples": 4, "correct": 2, "verdict": "correct"}
