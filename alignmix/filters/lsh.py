@@ -9,8 +9,10 @@ clusters. Nothing here holds an index in memory across calls, so a Dask graph ca
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -27,6 +29,16 @@ MAX_BUCKET_PAIRS = 32
 # polynomials) break them. The closest non-degenerate pair seen on a grid of thresholds, permutations and
 # weights differs by 1e-13, the next by 9e-11.
 _TIE = 1e-8
+
+
+def in_threads(fn: Callable[[Any], Any], items: Iterable[Any], threads: int = 1) -> list[Any]:
+    """[fn(x) for x in items], on `threads` threads when more than one (numpy and polars release the GIL in the
+    array steps); the results in input order, so the outcome never depends on the thread count."""
+    items = list(items)
+    if threads <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 @lru_cache(maxsize=64)
@@ -205,7 +217,7 @@ def _chunks(work: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 
 
 def _in_other(
-    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int
+    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each k, whether each element of set a[k] is in set b[k], and each element of b[k] in a[k]: one flag
     per element of the sets a[k] (concatenated in k order), and one per element of the sets b[k]. Sets are
@@ -213,12 +225,15 @@ def _in_other(
 
     Each set is tagged with k in the high 32 bits, so all a-sets and all b-sets of a chunk form two sorted
     arrays, and one `searchsorted` of the first into the second (sorted queries: a walk, not random probes)
-    answers every membership both ways at once.
+    answers every membership both ways at once. Chunks write disjoint flags, so they run on `threads` threads.
     """
     la, lb = offsets[a + 1] - offsets[a], offsets[b + 1] - offsets[b]
     in_b, in_a = np.zeros(int(la.sum()), dtype=bool), np.zeros(int(lb.sum()), dtype=bool)
-    at_a = at_b = 0
-    for lo, hi in _chunks(la + lb, chunk):
+    first_a, first_b = np.concatenate(([0], np.cumsum(la))), np.concatenate(([0], np.cumsum(lb)))
+
+    def one(span: tuple[int, int]) -> None:
+        lo, hi = span
+        at_a, at_b = int(first_a[lo]), int(first_b[lo])
         tag = np.arange(hi - lo, dtype=np.uint64) << np.uint64(32)
         query = np.repeat(tag, la[lo:hi]) | values[_ranges(offsets[a[lo:hi]], la[lo:hi])]
         target = np.repeat(tag, lb[lo:hi]) | values[_ranges(offsets[b[lo:hi]], lb[lo:hi])]
@@ -227,13 +242,13 @@ def _in_other(
             hit = target[pos] == query
             in_b[at_a : at_a + len(query)] = hit
             in_a[at_b + pos[hit]] = True  # sets hold distinct values: a hit names one target element
-        at_a += len(query)
-        at_b += len(target)
+
+    in_threads(one, _chunks(la + lb, chunk), threads)
     return in_b, in_a
 
 
 def _intersection_sizes(
-    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int
+    values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int, threads: int = 1
 ) -> np.ndarray:
     """|set a[k] ∩ set b[k]| for each k (sets as in `_in_other`), probing the smaller set of each pair; a pair
     with an empty side (a reference's empty differences, most often) is 0 without work."""
@@ -241,7 +256,7 @@ def _intersection_sizes(
     both = np.flatnonzero((la > 0) & (lb > 0))
     swap = la[both] > lb[both]
     small, large = np.where(swap, b[both], a[both]), np.where(swap, a[both], b[both])
-    flags, _ = _in_other(values, offsets, small, large, chunk)
+    flags, _ = _in_other(values, offsets, small, large, chunk, threads)
     owner = np.repeat(both, np.minimum(la[both], lb[both]))
     return np.bincount(owner[flags], minlength=len(a))
 
@@ -257,7 +272,7 @@ def _subset(
     return values[_ranges(offsets[sets], lens)][keep], out
 
 
-def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.ndarray:
+def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000, threads: int = 1) -> np.ndarray:
     """Jaccard similarity of the shingle-hash sets of each pair, computed for all pairs with array steps, no loop
     per pair.
 
@@ -283,7 +298,7 @@ def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.n
     ref = clusters(len(docs), np.stack([i, j], axis=1))  # local indices: each group's first document
     # D and X of every document that is not its group's reference (a reference's are empty).
     moved = np.flatnonzero(ref != np.arange(len(docs)))
-    in_ref, in_doc = _in_other(values, offsets, moved, ref[moved], chunk)
+    in_ref, in_doc = _in_other(values, offsets, moved, ref[moved], chunk, threads)
     extra_vals, extra_off = _subset(values, offsets, moved, ~in_ref)
     lost_vals, lost_off = _subset(values, offsets, ref[moved], ~in_doc)
     slot = np.full(len(docs), len(moved), dtype=np.int64)  # a reference points at an empty run past the end
@@ -297,10 +312,10 @@ def exact_jaccard(pairs: np.ndarray, sk: Sketch, chunk: int = 2_000_000) -> np.n
     d, k = np.flatnonzero(by_diff), np.flatnonzero(~by_diff)
     inter[d] = (
         lens[ref[i[d]]] - n_lost[si[d]] - n_lost[sj[d]]
-        + _intersection_sizes(lost_vals, lost_off, si[d], sj[d], chunk)
-        + _intersection_sizes(extra_vals, extra_off, si[d], sj[d], chunk)
+        + _intersection_sizes(lost_vals, lost_off, si[d], sj[d], chunk, threads)
+        + _intersection_sizes(extra_vals, extra_off, si[d], sj[d], chunk, threads)
     )
-    inter[k] = _intersection_sizes(values, offsets, i[k], j[k], chunk)
+    inter[k] = _intersection_sizes(values, offsets, i[k], j[k], chunk, threads)
     union = lens[i] + lens[j] - inter
     sims[:] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     return sims
@@ -314,14 +329,14 @@ def signature_jaccard(pairs: np.ndarray, signatures: np.ndarray) -> np.ndarray:
 
 
 def verify_pairs(
-    pairs: np.ndarray, sk: Sketch, threshold: float, method: Verify = "exact"
+    pairs: np.ndarray, sk: Sketch, threshold: float, method: Verify = "exact", threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep candidate pairs whose similarity (exact, or estimated from signatures) is at least `threshold`.
 
     Returns (pairs, similarities); with method "none" every candidate stays, with its signature estimate.
     """
     if method == "exact":
-        sims = exact_jaccard(pairs, sk)
+        sims = exact_jaccard(pairs, sk, threads=threads)
     elif method in ("signature", "none"):
         sims = signature_jaccard(pairs, sk.signatures)
     else:

@@ -18,6 +18,7 @@ kept row's id.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from alignmix.filters.lsh import (
     bucket_pairs,
     candidate_probability,
     clusters,
+    in_threads,
     optimal_params,
     unique_pairs,
     verify_pairs,
@@ -69,17 +71,24 @@ class NearDedupConfig(StageConfig):
         return self
 
 
-def candidate_pairs(sk: Sketch, bands: int, rows: int) -> np.ndarray:
+# Threads for the array steps of one process (signing a shard, the bands, exact Jaccard): numpy and polars release
+# the GIL there, and every result is the same for any number. Two at most: past that the steps are memory-bound.
+THREADS = min(2, os.cpu_count() or 1)
+
+
+def candidate_pairs(sk: Sketch, bands: int, rows: int, threads: int = 1) -> np.ndarray:
     """All bands' candidate pairs of one sketch (global document indices), deduplicated."""
     keys = band_keys(sk.signatures, bands, rows)
     empty = np.diff(sk.offsets) == 0
-    return unique_pairs(np.concatenate([bucket_pairs(keys[:, i], empty, MAX_BUCKET_PAIRS) for i in range(bands)]))
+    per_band = in_threads(lambda i: bucket_pairs(keys[:, i], empty, MAX_BUCKET_PAIRS), range(bands), threads)
+    return unique_pairs(np.concatenate(per_band))
 
 
-def near_duplicate_clusters(sk: Sketch, config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_duplicate_clusters(sk: Sketch, config: NearDedupConfig, threads: int = THREADS
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(root per document, verified pairs, their similarities) for one sketch of all documents."""
-    pairs = candidate_pairs(sk, config.bands, config.rows)
-    pairs, sims = verify_pairs(pairs, sk, config.threshold, config.verify)
+    pairs = candidate_pairs(sk, config.bands, config.rows, threads)
+    pairs, sims = verify_pairs(pairs, sk, config.threshold, config.verify, threads)
     return clusters(len(sk), pairs), pairs, sims
 
 
@@ -97,7 +106,9 @@ class NearDedup(Stage[NearDedupConfig]):
         """The MinHash sketch of one shard's rows (the per-shard step; `concat_sketches` joins shards)."""
         cfg = self.config
         texts = frame.select(text_expr(cfg.field, row_kind(frame))).to_series()
-        return sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash)
+        # a shard in THREADS chunks, signed at once (a chunk of a few thousand texts keeps its arrays in cache)
+        chunk = max(1_024, -(-len(texts) // THREADS))
+        return sketch(texts, cfg.ngram, cfg.num_perm, cfg.seed, cfg.hash, workers=THREADS, chunk=chunk)
 
     def score_sketches(self, frame: pl.DataFrame, sketches: list[Sketch]) -> pl.DataFrame:
         """The scored frame from the sketches of its consecutive shards (signed anywhere, in shard order)."""

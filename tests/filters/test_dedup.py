@@ -243,3 +243,30 @@ def test_dedup_of_a_raw_jsonl_drops_what_brute_force_finds_and_imports_nothing_h
              for s in ("exact_dedup", "near_dedup")}
     assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
     assert stats["near_dedup"]["dropped"] == {"near_duplicate": 40}
+
+
+def test_threads_change_nothing(shared_data, monkeypatch):
+    """Signing, the bands and exact Jaccard on two threads give the clusters, pairs and similarities of one."""
+    from alignmix.filters import near_dedup
+    from alignmix.filters.lsh import exact_jaccard
+
+    rng = np.random.default_rng(3)
+    bases = [r["prompt"] for r in jsonl(shared_data / "evals" / "arena_hard_v0.1_question.jsonl")]
+    docs = list(bases)
+    for _ in range(1_500):  # near copies: one word changed
+        words = bases[int(rng.integers(len(bases)))].split(" ")
+        words[int(rng.integers(len(words)))] = "changed"
+        docs.append(" ".join(words))
+    frame = to_frame([sft_row([{"role": "user", "content": d}, {"role": "assistant", "content": "a"}], source="s",
+                              source_id=str(i)) for i, d in enumerate(docs)], "sft")
+    cfg = NearDedupConfig(field="first_user")
+    results = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(near_dedup, "THREADS", threads)
+        sk = NearDedup(cfg).sketch(frame)
+        root, pairs, sims = near_duplicate_clusters(sk, cfg, threads=threads)
+        results[threads] = (sk.signatures, sk.hashes, root, pairs, sims, exact_jaccard(pairs, sk, chunk=5_000,
+                                                                                          threads=threads))
+    for one, two in zip(results[1], results[2]):
+        assert np.array_equal(one, two)
+    assert len(results[2][3]) == 952 and np.array_equal(results[2][4], results[2][5])
