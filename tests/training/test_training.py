@@ -113,8 +113,9 @@ def test_preference_rows_become_prompt_chosen_rejected_and_mismatches_get_a_reas
     rows = [{**r, "prompt": "p", "score_chosen": None, "score_rejected": None, "source": "t", "source_id": "0",
              "meta": "{}"} for r in (good, bad)]
     prepared = preference_examples(to_frame(rows, "preference"))
-    assert prepared.rows == [{"id": "a", "prompt": [u], "chosen": [good["chosen"][1]],
-                              "rejected": [good["rejected"][1]]}]
+    read = {"reasoning_content": None}  # messages read back from a frame carry the (null) reasoning field
+    assert prepared.rows == [{"id": "a", "prompt": [u | read], "chosen": [good["chosen"][1] | read],
+                              "rejected": [good["rejected"][1] | read]}]
     assert prepared.rejected_counts() == {"prompt_mismatch": 1}
     assert prepared.rejected[0]["id"] == "b"
 
