@@ -71,9 +71,10 @@ class Verdict:
     extracted: str | None = None
     expected: str | None = None
     method: str | None = None
+    note: str | None = None  # why a trace could not be checked (truncated, malformed)
 
     def detail(self) -> str:
-        return f"extracted {self.extracted}, expected {self.expected} ({self.method})"
+        return self.note or f"extracted {self.extracted}, expected {self.expected} ({self.method})"
 
 
 # --- multiple choice -------------------------------------------------------------------------------------------
@@ -245,12 +246,12 @@ def _truth_list(truth: str) -> list[str] | None:
     return value
 
 
-def truth_of(meta: str | None, key: str = "ground_truth") -> str | None:
-    """The ground truth in a row's meta JSON (a number becomes its text), or None."""
-    value = orjson.loads(meta).get(key) if meta else None
-    if value is None or isinstance(value, (dict, list)):
+def truth_of(meta: dict[str, Any], key: str = "ground_truth") -> str | None:
+    """The ground truth in a row's parsed meta as text (a number as written, a list as JSON), or None."""
+    value = meta.get(key)
+    if value is None or isinstance(value, dict):
         return None
-    return str(value)
+    return orjson.dumps(value).decode() if isinstance(value, list) else str(value)
 
 
 def cut_in_reasoning(meta: dict[str, Any], side: str | None = None) -> bool:
@@ -265,13 +266,13 @@ def verdict_of(message: dict[str, Any] | None, truth: str | None, meta: dict[str
                cfg: VerifyConfig) -> Verdict:
     """The verdict on one assistant turn: truncated and malformed traces first, then its answer."""
     if cut_in_reasoning(meta, side):
-        return Verdict("truncated", "finish_reason=reasoning_length")
+        return Verdict("truncated", note="finish_reason=reasoning_length")
     try:
         answer = answer_of(message or {})
     except RowError as err:
         if err.reason == "unclosed_reasoning":
-            return Verdict("truncated", err.message)
-        return Verdict("malformed", f"{err.reason}: {err.message}")
+            return Verdict("truncated", note=err.message)
+        return Verdict("malformed", note=f"{err.reason}: {err.message}")
     return check_answer(answer, truth, cfg.answer, cfg.letters, cfg.timeout_seconds)
 
 
@@ -314,7 +315,7 @@ class Verify(Stage[VerifyConfig]):
         if kind == "prompt":
             raise ValueError("verify checks answers, and prompt rows have none: verify SFT or preference rows")
         metas = [orjson.loads(m) if m else {} for m in frame["meta"].to_list()]
-        truths = [truth_of(m, cfg.truth_key) for m in frame["meta"].to_list()]
+        truths = [truth_of(m, cfg.truth_key) for m in metas]
         scored = keep_all(frame)
         verdicts: dict[str, list[Verdict]] = {}
         for col, suffix, side in _side_columns(kind):
@@ -330,19 +331,21 @@ class Verify(Stage[VerifyConfig]):
 
     def _decide(self, scored: pl.DataFrame, verdicts: dict[str, list[Verdict]]) -> pl.DataFrame:
         cfg = self.config
-        first = verdicts.get("", verdicts.get("_chosen"))
-        label = "" if "" in verdicts else "chosen: "
+        first, label = (verdicts[""], "") if "" in verdicts else (verdicts["_chosen"], "chosen: ")
+
+        def where(statuses: tuple[str, ...], found: list[Verdict] = first, prefix: str = label,
+                  text: Any = Verdict.detail) -> list[str | None]:
+            return [prefix + text(v) if v.status in statuses else None for v in found]
+
         rules: list[tuple[str, list[str | None]]] = []
         if cfg.drop_truncated:
-            rules.append(("truncated_reasoning", [label + v.extracted if v.status == "truncated" else None
-                                                  for v in first]))
-        rules.append(("malformed_reasoning", [label + v.extracted if v.status == "malformed" else None for v in first]))
-        rules.append(("wrong_answer", [label + v.detail() if v.status == "wrong" else None for v in first]))
+            rules.append(("truncated_reasoning", where(("truncated",))))
+        rules.append(("malformed_reasoning", where(("malformed",))))
+        rules.append(("wrong_answer", where(("wrong",))))
         if "_rejected" in verdicts:
-            rules.append(("rejected_correct", [f"rejected: {v.detail()}" if v.status == "correct" else None
-                                               for v in verdicts["_rejected"]]))
+            rules.append(("rejected_correct", where(("correct",), verdicts["_rejected"], "rejected: ")))
         if cfg.drop_uncheckable:
-            rules.append(("unverifiable", [label + v.status if v.status in UNCHECKABLE else None for v in first]))
+            rules.append(("unverifiable", where(UNCHECKABLE, text=lambda v: v.status)))
         for reason, details in rules:
             s = pl.Series("_d", details, dtype=pl.String)
             scored = decide(scored.with_columns(s), pl.col("_d").is_not_null(), reason, pl.col("_d")).drop("_d")

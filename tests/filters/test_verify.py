@@ -89,6 +89,7 @@ def test_each_rule_on_sft_rows_reads_the_answer_not_the_reasoning():
     }
     verdicts = dict(zip(kept["source_id"], kept["verdict"]))
     assert verdicts == {"right": "correct", "math": "correct", "no_truth": "no_truth", "no_answer": "no_answer"}
+    assert dict(zip(rejected["source_id"], rejected["extracted_answer"])) == {"wrong": "C", "cut": None, "inline_cut": None}
     counts = stats.distributions["verify"]["all"]
     assert (counts["correct"], counts["wrong"], counts["no_truth"], counts["no_answer"], counts["truncated"]) == (2, 1, 1, 1, 2)
     assert counts["accuracy"] == round(2 / 3, 4)
