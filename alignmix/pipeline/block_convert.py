@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
@@ -46,6 +47,7 @@ _ASCII_SPACE[[ord(c) for c in PY_WHITESPACE if ord(c) < 128]] = True  # a non-AS
 _NUMBERS = (pa.int64(), pa.float64(), pa.null())
 _META_TYPES = (pa.int64(), pa.bool_(), pa.string(), pa.null())
 _SCORES = ("score_chosen", "score_rejected")
+_THREADED_HASH_BYTES = 4 << 20  # keys of a block worth hashing on two threads (long texts: pairs, conversations)
 _MAX_EXACT = float(2**63)  # larger numbers: orjson refuses some that Arrow reads, so the record path decides
 
 
@@ -170,7 +172,17 @@ def _ids(frame: pl.DataFrame, *pieces: str | pl.Expr) -> list[str]:
     bounds = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1].tolist()
     data = memoryview(keys.buffers()[2])
     blake2b = hashlib.blake2b
-    return [blake2b(data[a:b], digest_size=16).hexdigest() for a, b in itertools.pairwise(bounds)]
+
+    def digests(part: list[int]) -> list[str]:
+        return [blake2b(data[a:b], digest_size=16).hexdigest() for a, b in itertools.pairwise(part)]
+
+    half = len(bounds) // 2
+    if bounds[-1] < _THREADED_HASH_BYTES or half < 2:
+        return digests(bounds)
+    # hashlib lets go of the GIL while it hashes a key of 2 KiB or more: two threads, one half each
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(digests, [bounds[: half + 1], bounds[half:]])
+    return first + second
 
 
 def _meta(table: pa.Table, skip: frozenset[str]) -> pa.Array:
@@ -243,7 +255,8 @@ def _pairs(table: pa.Table, consumed: frozenset[str], source: str, index: int): 
     _metadata_only_scores(table)
     scores = [_score(table, name) for name in _SCORES]
     frame = pl.DataFrame([_keyed(prompt).alias("p"), _keyed(chosen).alias("c"), _keyed(rejected).alias("r")])
-    p, c, r = _json("p"), _json("c"), _json("r")
+    frame = frame.select(_json("p").alias("p"), _json("c").alias("c"), _json("r").alias("r"))  # the prompt once
+    p, c, r = pl.col("p"), pl.col("c"), pl.col("r")
     ids = _ids(frame, '{"chosen":[["user",', p, '],["assistant",', c, ']],"prompt":', p, ',"rejected":[["user",', p,
                '],["assistant",', r, "]]}")
     n = table.num_rows

@@ -383,10 +383,14 @@ def test_a_line_longer_than_the_arrow_block_and_a_limit(shared_data, tmp_path):
 
 def test_shard_bytes_do_not_depend_on_how_batches_are_cut(shared_data, tmp_path, monkeypatch):
     """JSON Lines blocks end at blank lines and after BLOCK_BYTES, JSON arrays come in BATCH_SIZE records: the
-    shards are re-cut into BATCH_SIZE rows, so the same records give the same bytes either way."""
+    shards are re-cut into BATCH_SIZE rows, so the same records give the same bytes either way (the blocks'
+    ids hashed on two threads, the array's by the record path)."""
     from alignmix.pipeline import readers
 
+    from alignmix.pipeline import block_convert
+
     monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 20)  # pieces of 1 MiB: blocks cut mid-batch
+    monkeypatch.setattr(block_convert, "_THREADED_HASH_BYTES", 0)  # every block's ids hashed on two threads
     records = _pairs(shared_data, 200) * 11
     records = [{**r, "prompt": f"{r['prompt']} ({i})"} for i, r in enumerate(records)]
     lines = [orjson.dumps(r) for r in records]
