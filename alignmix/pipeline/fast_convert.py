@@ -66,17 +66,23 @@ class FastBatch:
 # Records whose raw bytes hold any of these take the per-row path, whose adapters split an assistant turn's
 # reasoning from its answer (pipeline/reasoning.py) or read a reasoning_content / reasoning field: the fast paths
 # do neither. Checked once per batch on its bytes (a JSON Lines block's text; other batches' records as JSON).
-REASONING_MARKERS = (b"<think", b"</think", b"<|begin_of_thought", b"<|begin_of_solution", b"<answer>", b'"reasoning')
+# The closing thought/solution markers are there because reasoning.py reads either marker alone as markup.
+REASONING_MARKERS = (b"<think", b"</think", b"<|begin_of_thought", b"<|end_of_thought", b"<|begin_of_solution",
+                     b"<|end_of_solution", b"<answer>", b'"reasoning')
 _TAGS = tuple(m for m in REASONING_MARKERS if m.startswith(b"<"))
 _FIELDS = tuple(m for m in REASONING_MARKERS if not m.startswith(b"<"))
+_ESCAPED_LT = b"\\u003"  # `<` written as \u003c (Go's encoding/json does): the tags could hide behind it
 
 
 def has_reasoning_markup(blob: bytes, fields: bool = True) -> bool:
-    """Whether `blob` holds a REASONING_MARKERS entry: one pass from `<` to `<` (rare in text, found by memchr)
-    for the tags, and with `fields` a search for the field names.
+    """Whether `blob` holds a REASONING_MARKERS entry (or a `<` escaped as \\u003c, which could hide one): one
+    pass from `<` to `<` (rare in text, found by memchr) for the tags, one search for the escape, and with
+    `fields` a search for the field names.
 
     >>> has_reasoning_markup(b'{"a": "x < y"}'), has_reasoning_markup(b'{"a": "<think>hm</think> 5"}')
     (False, True)
+    >>> has_reasoning_markup(b'{"a": "\\u003cthink>hm"}')
+    True
     """
     find, starts = blob.find, blob.startswith
     at = find(b"<")
@@ -84,6 +90,11 @@ def has_reasoning_markup(blob: bytes, fields: bool = True) -> bool:
         if starts(_TAGS, at):
             return True
         at = find(b"<", at + 1)
+    at = find(_ESCAPED_LT)
+    while at >= 0:
+        if blob[at + 5: at + 6] in (b"c", b"C"):
+            return True
+        at = find(_ESCAPED_LT, at + 1)
     return fields and any(m in blob for m in _FIELDS)
 
 

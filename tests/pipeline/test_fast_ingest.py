@@ -352,6 +352,14 @@ def test_reasoning_markup_sends_a_batch_to_the_per_row_path(shared_data, tmp_pat
             is None, marker
     assert _block_paths(_jsonl(tmp_path / "ok.jsonl", records[:2] + [{**records[2], "chosen": "a < b and c > d"}])) \
         == ["block"]
+    # `<` escaped as \u003c (Go's encoding/json): the tags hide in the bytes, so the escape itself sends it on
+    go = orjson.dumps({**records[3], "chosen": "<think>2 + 3</think> 5"}).replace(b"<", b"\\u003c")
+    lines = [orjson.dumps(r) for r in records[:3]] + [go] + [orjson.dumps(r) for r in records[4:]]
+    (tmp_path / "go.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert _block_paths(tmp_path / "go.jsonl") == [None, "block"]
+    stats, store = _both(tmp_path / "go", tmp_path / "go.jsonl")
+    split = store.read().filter(pl.col("source_id") == "3")["chosen"].to_list()[0][-1]
+    assert (split["content"], split["reasoning_content"], stats["rows_kept"]) == ("5", "2 + 3", 12)
     assert convert_fast("openai", "sft", "s", [RawRecord({"messages": [{"role": U, "content": "q"},
                                                                        {"role": A, "content": "a"}]}, "m", 1)], 0,
                         columns={"prompt": "q"}) is None
