@@ -8,6 +8,15 @@ end-of-turn token, so the model learns to stop, and the newline the template put
 
     <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n
                                                            ^^^^^^^^^^^^^^^^      mask = 1
+
+Reasoning (a message's `reasoning_content`) is written inline before the answer, `<think>\\n...\\n</think>\\n\\n`
+(`alignmix.pipeline.reasoning.inline_messages`), and kept only in the assistant turns after the last user turn, as
+Qwen3's template renders a conversation: SmolLM2's template, which knows nothing of reasoning, then shows the model
+its thinking, and Qwen3's template splits the inline block back into its own `<think>` markup, the same text as
+from `reasoning_content`. The loss mask covers the reasoning and the answer. A non-thinking row of a fused mix
+(reasoning "") gets the empty block `<think>\\n\\n</think>\\n\\n`. Qwen3's template renders an earlier turn
+differently once later turns follow (it drops that turn's think block), so conversations are not rendered prefix-wise
+there: such a conversation has its final assistant turn alone in the loss.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from alignmix.pipeline.reasoning import inline_messages
 from alignmix.pipeline.schema import row_kind
 from alignmix.pipeline.store import MixStore
 
@@ -81,7 +91,7 @@ def preference_examples(frame: pl.DataFrame) -> Prepared:
     """
     out, rejected = [], []
     for row in frame.select("id", "chosen", "rejected").iter_rows(named=True):
-        chosen, rejected_msgs = row["chosen"], row["rejected"]
+        chosen, rejected_msgs = plain_turns(row["chosen"]), plain_turns(row["rejected"])
         if chosen[:-1] != rejected_msgs[:-1]:
             rejected.append({"id": row["id"], "reason": "prompt_mismatch", "detail": "chosen/rejected prompts differ"})
             continue
@@ -103,20 +113,28 @@ def drop_long_prompts(prepared: Prepared, tokenizer: Any, max_length: int) -> Pr
     return Prepared(kept, rejected)
 
 
+def plain_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """{role, content} turns with the reasoning of the final assistant turn(s) inline (see the module docstring)."""
+    return inline_messages(messages, history=False)
+
+
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns (content + end-of-turn)."""
+    """The rendered conversation and the character spans of its assistant turns (content + end-of-turn). Where an
+    earlier turn renders differently once later turns follow, only the final turn's span is located."""
+    messages = plain_turns(messages)
     text = render(tokenizer, messages)
     spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for i in turns:
         before = render(tokenizer, messages[:i], add_generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])
         if not (through.startswith(before) and text.startswith(through)):
+            if i != turns[-1]:
+                continue  # Qwen3-style history rendering: this turn is not in the loss
             raise TrainingDataError(
                 "the chat template does not render conversations prefix-wise (turn i's text changes when turn i+1 "
                 "is added), so assistant tokens cannot be located; use a template that renders each turn once"
