@@ -122,16 +122,17 @@ def rounds_png(rounds: list[dict[str, Any]], path: Path) -> Path:
     held = [rounds[0]["win_rate"].get("previous_chars")] + [r["win_rate"].get("new_chars") for r in rounds]
     axes[2].plot([0, *ks], [float("nan") if v is None else v for v in held], "o-", color=COLORS[3],
                  label="held-out answers")
-    axes[2].plot(ks, [r["samples"].get("mean_chars") or float("nan") for r in rounds], "s--", color=COLORS[4],
-                 label="sampled answers")
+    axes[2].plot([k - 1 for k in ks], [r["samples"].get("mean_chars") or float("nan") for r in rounds], "s--",
+                 color=COLORS[4], label="sampled answers")
     axes[2].legend(fontsize=7)
-    axes[2].set_title("mean answer length (characters)", fontsize=9)
+    axes[2].set_title("mean answer length (characters)\nof the policy after round x", fontsize=9)
     axes[3].bar(ks, [r["pairs"].get("margin_mean") or 0.0 for r in rounds], color=COLORS[2])
     axes[3].set_title("mean score margin of kept pairs", fontsize=9)
     for ax in axes:
         ax.set_xlabel("round", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xticks([0, *ks] if ax is axes[2] else ks)
+    axes[2].set_xlabel("policy after round", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -144,13 +144,14 @@ def round_summary(record: dict[str, Any]) -> str:
     ...     "after": {"reward_accuracy": 1.0}}, "win_rate": {"win_rate": 0.75, "wins": 1, "ties": 1, "losses": 0,
     ...     "unrated": 0}}))  # doctest: +NORMALIZE_WHITESPACE
     Round 2 sampled from out/x/rounds/round-1/adapter, kept 3 pairs after pairing and curation, and trained 4 DPO
-    steps from the last round's adapter (reference: the start model). Held-out reward accuracy: 0.5 before, 1 after
+    steps from round 1's adapter (reference: the start model). Held-out reward accuracy: 0.5 before, 1 after
     (2 pairs). Win rate over the policy before the round: 0.75 (1 wins, 1 ties, 0 losses, 0 unrated).
     """
-    held, wins = record["heldout"], record["win_rate"]
+    held, wins, k = record["heldout"], record["win_rate"], record["round"]
+    start = "the start model" if k == 1 else f"round {k - 1}'s adapter"
     return (
-        f"Round {record['round']} sampled from {record['sampled_from']}, kept {record['pairs']['rows']} pairs after "
-        f"pairing and curation, and trained {record['train'].get('steps')} DPO steps from the last round's adapter "
+        f"Round {k} sampled from {record['sampled_from']}, kept {record['pairs']['rows']} pairs after "
+        f"pairing and curation, and trained {record['train'].get('steps')} DPO steps from {start} "
         f"(reference: the start model). Held-out reward accuracy: "
         f"{number(held['before'].get('reward_accuracy'))} before, {number(held['after'].get('reward_accuracy'))} "
         f"after ({held['pairs']} pairs). Win rate over the policy before the round: {number(wins.get('win_rate'))} "

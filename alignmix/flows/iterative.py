@@ -72,13 +72,18 @@ def train_task(plan: RoundPlan, k: int, pairs: pl.DataFrame, heldout: pl.DataFra
     """DPO on round k's pairs from round k-1's adapter; the held-out pairs are its test split."""
     from alignmix.training import train_dpo
     from alignmix.training.config import DPOTrainConfig
+    from alignmix.training.outputs import Layout, check_resumable
 
     if pairs.is_empty():
         raise RuntimeError(f"round {k}: no pair survived pairing and curation (see {plan.dir(k)}/stats); fix: raise "
                            "iterative.prompts_per_round or samples_per_prompt, or relax the curation stages")
+    config = DPOTrainConfig.model_validate(plan.dpo_spec(k))
+    try:
+        check_resumable(config, Layout(plan.dir(k)), "dpo")
+    except ValueError:  # checkpoints of a round trained under other settings: this round starts over
+        config = config.model_copy(update={"resume": False})
     with _progress_to_run_log():
-        return train_dpo(write_dpo_data(plan, k, pairs, heldout), plan.dir(k),
-                         DPOTrainConfig.model_validate(plan.dpo_spec(k)))
+        return train_dpo(write_dpo_data(plan, k, pairs, heldout), plan.dir(k), config)
 
 
 @task(name="win-rate", retries=GENERATION_RETRIES, retry_delay_seconds=5, cache_policy=NO_CACHE)

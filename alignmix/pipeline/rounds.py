@@ -247,7 +247,7 @@ def response_figures(responses: pl.DataFrame | None) -> dict[str, Any]:
     finish = responses["meta"].str.json_path_match("$.finish_reason")
     return {
         "rows": responses.height,
-        "mean_chars": _mean(responses.select(_last_text("messages"))["messages"]),
+        "mean_chars": _mean(responses.select(_last_text("messages").alias("chars"))["chars"]),
         "truncated_share": round(float((finish == "length").mean()), 6),
     }
 
@@ -270,11 +270,15 @@ def round_record(k: int, plan: RoundPlan, steps: list[dict[str, Any]], samples: 
             "dropped": dpo["train"].get("rows_set_aside", {})}],
         "samples": samples,
         "pairs": pair_figures(pairs),
-        "train": {"steps": dpo["train"].get("steps"), **{k2: dpo["train"]["final"].get(k2) for k2 in TRAIN_KEYS}},
+        "train": {"steps": dpo["train"].get("steps"), **{k2: _round6(dpo["train"]["final"].get(k2)) for k2 in TRAIN_KEYS}},
         "heldout": {"pairs": dpo["eval"]["after"].get("pairs", 0), "before": dpo["eval"]["before"],
                     "after": dpo["eval"]["after"]},
         "win_rate": wins,
     }
+
+
+def _round6(value: Any) -> Any:
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def copy_records(src: Path, dst: Path) -> None:

@@ -56,21 +56,24 @@ def win_rate(rated: pl.DataFrame, duplicates: list[str]) -> dict[str, Any]:
 
     >>> meta = lambda p, i, r: orjson.dumps({"prompt_id": p, "response_index": i, "judge": {"rating": r}}).decode()
     >>> turn = lambda text: [{"role": "assistant", "content": text}]
-    >>> rows = pl.DataFrame({"meta": [meta("a", 0, 2.0), meta("a", 1, 4.0), meta("b", 0, 3.0), meta("b", 1, None)],
-    ...                      "messages": [turn("no"), turn("yes!"), turn("hm"), turn("?")]})
+    >>> rows = pl.DataFrame({"meta": [meta("a", 0, 2.0), meta("a", 1, 4.0), meta("b", 0, 3.0), meta("b", 1, None),
+    ...                               meta("c", 0, 3.0)],
+    ...                      "messages": [turn("no"), turn("yes!"), turn("hm"), turn("?"), turn("same")]})
     >>> r = win_rate(rows, ["c"])
-    >>> (r["wins"], r["ties"], r["losses"], r["unrated"], r["win_rate"], r["new_chars"])
-    (1, 1, 0, 1, 0.75, 2.5)
+    >>> (r["wins"], r["ties"], r["losses"], r["unrated"], r["win_rate"], r["previous_chars"], r["new_chars"])
+    (1, 1, 0, 1, 0.75, 2.666667, 3.0)
     """
     by_prompt: dict[str, dict[int, float | None]] = {}
-    lengths: dict[int, list[int]] = {0: [], 1: []}
+    chars: dict[str, dict[int, int]] = {}
     for meta, messages in rated.select("meta", "messages").iter_rows():
         pid, index, rating = _rating(meta)
         by_prompt.setdefault(pid, {})[index] = rating
-        lengths[index].append(len(messages[-1]["content"]))
+        chars.setdefault(pid, {})[index] = len(messages[-1]["content"])
     wins = ties = losses = unrated = 0
-    for pid in duplicates:
+    for pid in duplicates:  # the new answer is the previous one's text
         by_prompt.pop(pid, None)
+        if 0 in chars.get(pid, {}):
+            chars[pid][1] = chars[pid][0]
         ties += 1
     for answers in by_prompt.values():
         old, new = answers.get(0), answers.get(1)
@@ -86,7 +89,8 @@ def win_rate(rated: pl.DataFrame, duplicates: list[str]) -> dict[str, Any]:
     return {
         "prompts": scored + unrated, "wins": wins, "ties": ties, "losses": losses, "unrated": unrated,
         "win_rate": round((wins + 0.5 * ties) / scored, 6) if scored else None,
-        "previous_chars": _mean(lengths[0]), "new_chars": _mean(lengths[1]),
+        "previous_chars": _mean([c[0] for c in chars.values() if 0 in c]),
+        "new_chars": _mean([c[1] for c in chars.values() if 1 in c]),
     }
 
 
