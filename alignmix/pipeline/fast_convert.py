@@ -24,7 +24,9 @@ way (tests/pipeline/test_fast_ingest.py compares both on every format and on bro
     True
 
 Formats with a fast path: ultrafeedback, pairs, openai, sharegpt, alpaca, prompts. The others (hh_rlhf,
-llama_factory, self_instruct) always take the per-row path.
+llama_factory, self_instruct) always take the per-row path. A JSON Lines block (`readers.LineBlock`) of pairs or
+prompts is first offered to `block_convert` (Arrow's JSON reader, columns built at once); a batch whose bytes hold
+reasoning markup (REASONING_MARKERS), and any batch when a column mapping is given, takes the per-row path.
 """
 
 from __future__ import annotations
