@@ -40,22 +40,32 @@ __all__ = ["BLOCK_FORMATS", "convert_block"]
 
 # What str.strip() strips: every character for which str.isspace() is true (a test checks them all); polars'
 # own whitespace lacks U+001C..U+001F.
-PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
-                 "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _ASCII_SPACE = np.zeros(256, dtype=bool)
-_ASCII_SPACE[[ord(c) for c in PY_WHITESPACE if ord(c) < 128]] = True  # a non-ASCII byte starts or ends odd text anyway
+_ASCII_SPACE[[ord(c) for c in PY_WHITESPACE if ord(c) < 128]] = (
+    True  # a non-ASCII byte starts or ends odd text anyway
+)
 _NUMBERS = (pa.int64(), pa.float64(), pa.null())
 _META_TYPES = (pa.int64(), pa.bool_(), pa.string(), pa.null())
 _SCORES = ("score_chosen", "score_rejected")
-_THREADED_HASH_BYTES = 4 << 20  # keys of a block worth hashing on two threads (long texts: pairs, conversations)
-_MAX_EXACT = float(2**63)  # larger numbers: orjson refuses some that Arrow reads, so the record path decides
+_THREADED_HASH_BYTES = (
+    4 << 20
+)  # keys of a block worth hashing on two threads (long texts: pairs, conversations)
+_MAX_EXACT = float(
+    2**63
+)  # larger numbers: orjson refuses some that Arrow reads, so the record path decides
 
 
 class _Slow(Exception):
     """This block needs the record path."""
 
 
-def convert_block(adapter_name: str, kind: RowKind, source: str, block: LineBlock, index: int):  # -> FastBatch | None
+def convert_block(
+    adapter_name: str, kind: RowKind, source: str, block: LineBlock, index: int
+):  # -> FastBatch | None
     """Convert a block of JSON Lines (records `index`, `index` + 1, ... of the source) column by column, or None
     when its format has no block path or any line would be read differently than by its adapter row by row."""
     build = _BUILDERS.get((adapter_name, kind))
@@ -77,7 +87,10 @@ def _parse(block: LineBlock) -> pa.Table | None:
     options = pj.ReadOptions(use_threads=True, block_size=max(1 << 20, 2 * longest))
     try:
         table = pj.read_json(pa.BufferReader(block.blob), read_options=options)
-    except (pa.ArrowException, ValueError):  # ArrowInvalid, and UnicodeDecodeError for invalid UTF-8
+    except (
+        pa.ArrowException,
+        ValueError,
+    ):  # ArrowInvalid, and UnicodeDecodeError for invalid UTF-8
         return None
     if table.num_rows != len(block) or _names_reasoning(table.schema):
         return None
@@ -87,13 +100,17 @@ def _parse(block: LineBlock) -> pa.Table | None:
 def _names_reasoning(schema: pa.Schema) -> bool:
     """A field named reasoning* anywhere: the adapters split reasoning out of such records (fast_convert's
     REASONING_MARKERS make every other path fall back on the raw bytes)."""
+
     def names(t: pa.DataType) -> list[str]:
         if pa.types.is_struct(t):
             return [n for f in t for n in [f.name, *names(f.type)]]
         if pa.types.is_list(t) or pa.types.is_large_list(t):
             return names(t.value_type)
         return []
-    return any(n.startswith("reasoning") for f in schema for n in [f.name, *names(f.type)])
+
+    return any(
+        n.startswith("reasoning") for f in schema for n in [f.name, *names(f.type)]
+    )
 
 
 # --- columns ----------------------------------------------------------------------------------------------------
@@ -103,12 +120,17 @@ def _names_reasoning(schema: pa.Schema) -> bool:
 
 def _numbers(values: np.ndarray) -> pa.Array:
     values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(
+        pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)]
+    )
 
 
 def _strings(values: list[str]) -> pa.Array:
-    return pl.Series(values, dtype=pl.String).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.string())
-
+    return (
+        pl.Series(values, dtype=pl.String)
+        .to_arrow(compat_level=pl.CompatLevel.oldest())
+        .cast(pa.string())
+    )
 
 
 def _text(table: pa.Table, name: str) -> pa.Array:
@@ -137,8 +159,14 @@ def _keyed(col: pa.Array) -> pl.Series:
     Python touches only the texts that are not ASCII, empty, or start or end with whitespace (found by their
     first and last bytes); the others are their own key text.
     """
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset: col.offset + len(col) + 1]
-    data = np.frombuffer(col.buffers()[2], dtype=np.uint8) if col.buffers()[2] is not None else np.zeros(1, np.uint8)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[
+        col.offset : col.offset + len(col) + 1
+    ]
+    data = (
+        np.frombuffer(col.buffers()[2], dtype=np.uint8)
+        if col.buffers()[2] is not None
+        else np.zeros(1, np.uint8)
+    )
     starts, ends = offsets[:-1], offsets[1:]
     empty = starts == ends
     edge = np.zeros(len(col), dtype=bool)
@@ -152,7 +180,9 @@ def _keyed(col: pa.Array) -> pl.Series:
         keys = [_nfc(t).strip() for t in texts]
         if not all(keys):
             raise _Slow  # an empty turn (NFC never empties a text, so this is the per-row check)
-        changed = [i for i, (t, k) in enumerate(zip(texts, keys)) if k is not t]  # both return their input unchanged
+        changed = [
+            i for i, (t, k) in enumerate(zip(texts, keys)) if k is not t
+        ]  # both return their input unchanged
         if changed:
             keyed = keyed.scatter(where[changed], [keys[i] for i in changed])
     return keyed
@@ -168,13 +198,23 @@ def _ids(frame: pl.DataFrame, *pieces: str | pl.Expr) -> list[str]:
     """blake2b-128 hex digests of each row's key, `pieces` (literal JSON text and _json columns) joined:
     the bytes `content_id` hashes."""
     key = pl.concat_str([pl.lit(x) if isinstance(x, str) else x for x in pieces])
-    keys = frame.select(key).to_series().to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string())
-    bounds = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1].tolist()
+    keys = (
+        frame.select(key)
+        .to_series()
+        .to_arrow(compat_level=pl.CompatLevel.oldest())
+        .cast(pa.large_string())
+    )
+    bounds = np.frombuffer(keys.buffers()[1], dtype=np.int64)[
+        keys.offset : keys.offset + len(keys) + 1
+    ].tolist()
     data = memoryview(keys.buffers()[2])
     blake2b = hashlib.blake2b
 
     def digests(part: list[int]) -> list[str]:
-        return [blake2b(data[a:b], digest_size=16).hexdigest() for a, b in itertools.pairwise(part)]
+        return [
+            blake2b(data[a:b], digest_size=16).hexdigest()
+            for a, b in itertools.pairwise(part)
+        ]
 
     half = len(bounds) // 2
     if bounds[-1] < _THREADED_HASH_BYTES or half < 2:
@@ -195,8 +235,15 @@ def _meta(table: pa.Table, skip: frozenset[str]) -> pa.Array:
         raise _Slow  # floats, lists, objects: their JSON text is orjson's to write (record path)
     if any(table.column(name).null_count for name in names):
         rows = table.select(names).to_pylist()
-        return _strings([orjson.dumps({k: v for k, v in r.items() if v is not None}, option=orjson.OPT_SORT_KEYS)
-                         .decode() for r in rows])
+        return _strings(
+            [
+                orjson.dumps(
+                    {k: v for k, v in r.items() if v is not None},
+                    option=orjson.OPT_SORT_KEYS,
+                ).decode()
+                for r in rows
+            ]
+        )
     frame = pl.from_arrow(table.select(names))
     assert isinstance(frame, pl.DataFrame)
     meta = frame.select(pl.struct(names).struct.json_encode()).to_series()
@@ -208,11 +255,19 @@ def _score(table: pa.Table, name: str) -> pa.Array:
     n = table.num_rows
     if name in table.column_names:
         col = table.column(name).chunk(0)
-        if col.null_count or col.type not in _NUMBERS:  # a null beside a metadata score: the record path
+        if (
+            col.null_count or col.type not in _NUMBERS
+        ):  # a null beside a metadata score: the record path
             raise _Slow
-    elif "metadata" in table.column_names and pa.types.is_struct(table.column("metadata").type):
+    elif "metadata" in table.column_names and pa.types.is_struct(
+        table.column("metadata").type
+    ):
         meta = table.column("metadata").chunk(0)
-        col = pc.struct_field(meta, name) if meta.type.get_field_index(name) >= 0 else pa.nulls(n, pa.float64())
+        col = (
+            pc.struct_field(meta, name)
+            if meta.type.get_field_index(name) >= 0
+            else pa.nulls(n, pa.float64())
+        )
         if col.type not in _NUMBERS:
             raise _Slow
     else:
@@ -227,47 +282,94 @@ def _metadata_only_scores(table: pa.Table) -> None:
     """`metadata`, where present, holds nothing but the scores (anything else goes to meta: record path)."""
     if "metadata" in table.column_names:
         t = table.column("metadata").type
-        if t != pa.null() and not (pa.types.is_struct(t) and all(f.name in _SCORES for f in t)):
+        if t != pa.null() and not (
+            pa.types.is_struct(t) and all(f.name in _SCORES for f in t)
+        ):
             raise _Slow
 
 
 def _lineage(n: int, source: str, index: int) -> list[pa.Array]:
-    return [_strings([source] * n), pc.cast(_numbers(np.arange(index, index + n, dtype=np.int64)), pa.string())]
+    return [
+        _strings([source] * n),
+        pc.cast(_numbers(np.arange(index, index + n, dtype=np.int64)), pa.string()),
+    ]
 
 
 def _conversation(n: int, parts: list[pa.Array], roles: list[str]) -> pa.Array:
     """list<MESSAGE> of n conversations, turn j of row i being parts[j][i] with role roles[j]."""
     turns = len(parts)
-    order = np.arange(n * turns, dtype=np.int64).reshape(turns, n).T.ravel()  # row-major: row 0's turns first
+    order = (
+        np.arange(n * turns, dtype=np.int64).reshape(turns, n).T.ravel()
+    )  # row-major: row 0's turns first
     contents = pa.concat_arrays(parts).take(_numbers(order)) if turns > 1 else parts[0]
     offsets = _numbers(np.arange(0, n * turns + 1, turns, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, message_struct(_strings(roles * n), contents))
+    return pa.ListArray.from_arrays(
+        offsets, message_struct(_strings(roles * n), contents)
+    )
 
 
 # --- formats ----------------------------------------------------------------------------------------------------
 
 
-def _pairs(table: pa.Table, consumed: frozenset[str], source: str, index: int):  # -> FastBatch
+def _pairs(
+    table: pa.Table, consumed: frozenset[str], source: str, index: int
+):  # -> FastBatch
     from alignmix.pipeline.fast_convert import FastBatch
 
-    prompt, chosen, rejected = (_text(table, name) for name in ("prompt", "chosen", "rejected"))
+    prompt, chosen, rejected = (
+        _text(table, name) for name in ("prompt", "chosen", "rejected")
+    )
     _no_system(table)
     _metadata_only_scores(table)
     scores = [_score(table, name) for name in _SCORES]
-    frame = pl.DataFrame([_keyed(prompt).alias("p"), _keyed(chosen).alias("c"), _keyed(rejected).alias("r")])
-    frame = frame.select(_json("p").alias("p"), _json("c").alias("c"), _json("r").alias("r"))  # the prompt once
+    frame = pl.DataFrame(
+        [
+            _keyed(prompt).alias("p"),
+            _keyed(chosen).alias("c"),
+            _keyed(rejected).alias("r"),
+        ]
+    )
+    frame = frame.select(
+        _json("p").alias("p"), _json("c").alias("c"), _json("r").alias("r")
+    )  # the prompt once
     p, c, r = pl.col("p"), pl.col("c"), pl.col("r")
-    ids = _ids(frame, '{"chosen":[["user",', p, '],["assistant",', c, ']],"prompt":', p, ',"rejected":[["user",', p,
-               '],["assistant",', r, "]]}")
+    ids = _ids(
+        frame,
+        '{"chosen":[["user",',
+        p,
+        '],["assistant",',
+        c,
+        ']],"prompt":',
+        p,
+        ',"rejected":[["user",',
+        p,
+        '],["assistant",',
+        r,
+        "]]}",
+    )
     n = table.num_rows
-    columns = [prompt, _conversation(n, [prompt, chosen], ["user", "assistant"]),
-               _conversation(n, [prompt, rejected], ["user", "assistant"]), *scores,
-               _strings(ids), *_lineage(n, source, index), _meta(table, consumed)]
+    columns = [
+        prompt,
+        _conversation(n, [prompt, chosen], ["user", "assistant"]),
+        _conversation(n, [prompt, rejected], ["user", "assistant"]),
+        *scores,
+        _strings(ids),
+        *_lineage(n, source, index),
+        _meta(table, consumed),
+    ]
     out = pa.Table.from_arrays(columns, schema=SCHEMAS["preference"])
-    return FastBatch(out, ids, [2] * n, pc.utf8_length(chosen).to_pylist(), pc.utf8_length(rejected).to_pylist())
+    return FastBatch(
+        out,
+        ids,
+        [2] * n,
+        pc.utf8_length(chosen).to_pylist(),
+        pc.utf8_length(rejected).to_pylist(),
+    )
 
 
-def _prompts(table: pa.Table, consumed: frozenset[str], source: str, index: int):  # -> FastBatch
+def _prompts(
+    table: pa.Table, consumed: frozenset[str], source: str, index: int
+):  # -> FastBatch
     from alignmix.pipeline.fast_convert import FastBatch
 
     present = [k for k in PROMPT_FIELDS if k in table.column_names]
@@ -278,11 +380,18 @@ def _prompts(table: pa.Table, consumed: frozenset[str], source: str, index: int)
     frame = pl.DataFrame([_keyed(text).alias("p")])
     ids = _ids(frame, '{"kind":"prompt","messages":[["user",', _json("p"), "]]}")
     n = table.num_rows
-    columns = [_conversation(n, [text], ["user"]), _strings(ids), *_lineage(n, source, index),
-               _meta(table, consumed | {present[0]})]
+    columns = [
+        _conversation(n, [text], ["user"]),
+        _strings(ids),
+        *_lineage(n, source, index),
+        _meta(table, consumed | {present[0]}),
+    ]
     out = pa.Table.from_arrays(columns, schema=SCHEMAS["prompt"])
     return FastBatch(out, ids, [1] * n, pc.utf8_length(text).to_pylist(), [])
 
 
-_BUILDERS: dict[tuple[str, str], Callable[..., object]] = {("pairs", "preference"): _pairs, ("prompts", "prompt"): _prompts}
+_BUILDERS: dict[tuple[str, str], Callable[..., object]] = {
+    ("pairs", "preference"): _pairs,
+    ("prompts", "prompt"): _prompts,
+}
 BLOCK_FORMATS = sorted({name for name, _ in _BUILDERS})
