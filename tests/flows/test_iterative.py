@@ -180,6 +180,7 @@ def random_adapter(folder: Path, r: int = 4, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_init_adapter_continues_from_its_weights_and_the_reference_stays_the_base(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -212,6 +213,7 @@ def test_init_adapter_continues_from_its_weights_and_the_reference_stays_the_bas
         load_init_adapter(other, saved)
 
 
+@pytest.mark.slow
 def test_the_transformers_backend_samples_through_an_adapter(tmp_path):
     import torch
     from peft import PeftModel
