@@ -158,3 +158,40 @@ def test_switching_models_releases_the_engine_and_a_bos_template_gets_one_bos(ba
     assert res[0].prompt_tokens == len(with_special) - 1 == 3
     other.release()
     shutil.rmtree(folder)
+
+
+def test_a_lora_adapter_goes_through_enable_lora_and_a_lora_request(backend, tmp_path):
+    """Iterative DPO samples from base + adapter: vLLM serves the base with `enable_lora` and each request carries
+    a `LoRARequest`. Its next-token probabilities match peft's (transformers, adapter merged) and differ from the
+    base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alignmix.synth.backends.transformers import TransformersBackend
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.15)
+    lora.save_pretrained(tmp_path / "adapter")
+    del lora, base
+    prompts = [backend.render_chat([{"role": "user", "content": "Rate the answer '4' to 'What is 2 + 2?' from 1 to 5."}])
+               + "Rating: "]
+    candidates = list("12345")
+    plain = backend.next_token_probs(prompts, candidates)[0]
+    tuned = get_backend({**SPEC, "adapter": str(tmp_path / "adapter")})
+    ours = tuned.next_token_probs(prompts, candidates)[0]
+    assert tuned.llm.llm_engine.vllm_config.lora_config.max_lora_rank == 8
+    assert tuned.describe()["adapter"] == str(tmp_path / "adapter")
+    tuned.release()
+    reference = TransformersBackend("default", dtype="float32", device="cpu", adapter=str(tmp_path / "adapter"))
+    theirs = reference.next_token_probs(prompts, candidates)[0]
+    reference.release()
+    for digit in candidates:
+        assert ours[digit] == pytest.approx(theirs[digit], abs=0.02)
+    assert sum(abs(ours[d] - plain[d]) for d in candidates) > 0.05  # the adapter changed the distribution
