@@ -26,13 +26,12 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field
 
-from alignmix.filters.verify import Verify
 from alignmix.pipeline.config import StrictModel
 from alignmix.pipeline.schema import empty_frame
 from alignmix.pipeline.store import MixStore, fingerprint, write_shards
 from alignmix.synth.batches import stage_rows
 from alignmix.synth.config import PreferencesConfig, Responder
-from alignmix.synth.rejection import RejectionConfig, rejection_sample
+from alignmix.synth.rejection import RejectionConfig, RejectionResult, rejection_sample
 from alignmix.synth.responses import generate_responses, load_prompts
 
 STAGE = "rejection_sampling"
@@ -75,7 +74,7 @@ def run_rejection_sampling(prompts: Any, spec: dict[str, Any] | RejectionSamplin
     rows = result.pairs if cfg.output == "pairs" else result.sft
     kind = "preference" if cfg.output == "pairs" else "sft"
     shards = write_shards(rows if rows.height else empty_frame(kind), store.data_dir, "train", 100_000)
-    dropped = _dropped(samples, result.sft, cfg.rejection)
+    dropped = _dropped(samples, result)
     store.write_rejected(STAGE, dropped)
     stats = {
         "stage": STAGE, "name": cfg.name, "output": cfg.output, "kind": kind,
@@ -89,13 +88,12 @@ def run_rejection_sampling(prompts: Any, spec: dict[str, Any] | RejectionSamplin
     return store.read_stats(STAGE)
 
 
-def _dropped(samples: pl.DataFrame, kept: pl.DataFrame, cfg: RejectionConfig) -> pl.DataFrame:
+def _dropped(samples: pl.DataFrame, result: RejectionResult) -> pl.DataFrame:
     """The samples that are not kept correct traces, with their verdict as the reason (`not_kept`: a correct
     trace left out by `keep: shortest`)."""
-
     if samples.is_empty():
         return samples.with_columns(*(pl.lit(None, pl.String).alias(c) for c in ("drop_stage", "drop_reason", "drop_detail")))
-    scored = Verify(cfg.verify).score(samples).filter(~pl.col("id").is_in(kept["id"].implode()))
+    scored = result.samples.filter(~pl.col("id").is_in(result.sft["id"].implode()))
     return scored.select(
         *samples.columns,
         pl.lit(STAGE).alias("drop_stage"),

@@ -47,7 +47,9 @@ def _prompt_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def _ground_truth(row: dict[str, Any]) -> str | None:
     """A prompt's known answer (`meta.ground_truth`, as problem generators and ingest column mappings record
-    it), carried into every response's meta for `verify`."""
+    it), carried into every response's meta for `verify`; a frame of prompts (`load_prompts`' own) has it as a column."""
+    if row.get("ground_truth") is not None:
+        return str(row["ground_truth"])
     meta = orjson.loads(row["meta"]) if isinstance(row.get("meta"), str) and row["meta"] else {}
     truth = meta.get("ground_truth") if isinstance(meta, dict) else None
     return None if truth is None else str(truth)
@@ -149,7 +151,8 @@ def generate_responses(
     cfg = spec if isinstance(spec, PreferencesConfig) else PreferencesConfig.model_validate(spec)
     frame = load_prompts(prompts, cfg.limit)
     config = cfg.model_dump(mode="json", include={"name", "seed", "prompts_per_batch", "responders"})
-    fp = fingerprint(VERSION, config, frame["prompt_id"].to_list())
+    truths = frame["ground_truth"].to_list()
+    fp = fingerprint(VERSION, config, frame["prompt_id"].to_list(), *([truths] if any(t is not None for t in truths) else []))
     batches = BatchStore(out_dir, STAGE, fp)
     if batches.store.is_done(STAGE, fp):
         return batches.store.read_stats(STAGE)

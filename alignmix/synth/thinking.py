@@ -47,6 +47,10 @@ class ThinkingConfig(StrictModel):
         512, gt=0, description="the reasoning's budget; null: one call of max_new_tokens, split afterwards"
     )
     max_answer_tokens: int = Field(256, gt=0, description="the answer's budget, after the reasoning")
+    reasoning_stops: list[str] = Field(
+        default_factory=list, description="more strings that end the reasoning as </think> does, for a model that was "
+        "never taught to close the block (the demo's SmolLM2 thinks one line: ['\\n'])"
+    )
     on_budget: Literal["close", "stop"] = Field(
         "close", description="when the reasoning hits its budget: close the block and write the answer (close), or "
         "leave the trace without an answer (stop; the row is rejected as truncated_reasoning)"
@@ -106,9 +110,9 @@ def generate_traces(backend: Backend, requests: list[ThinkingRequest], cfg: Thin
     if cfg.max_reasoning_tokens is None:
         return _one_call(backend, requests, prompts, stops, None, progress)
     first = backend.generate([
-        GenerationRequest(prompt=_opened(p), params=_params(r, cfg.max_reasoning_tokens, (THINK[1], *stops), 0))
+        GenerationRequest(prompt=_opened(p), params=_params(r, cfg.max_reasoning_tokens, (THINK[1], *cfg.reasoning_stops, *stops), 0))
         for p, r in zip(prompts, requests)
-    ], progress)  # fmt: skip
+    ], _tokens_only(progress))  # fmt: skip
     reasoning = [_reasoning_text(res.text) for res in first]
     cut = [res.finish_reason == "length" for res in first]
     todo = [i for i in range(len(requests)) if not (cut[i] and cfg.on_budget == "stop")]
@@ -116,6 +120,8 @@ def generate_traces(backend: Backend, requests: list[ThinkingRequest], cfg: Thin
         GenerationRequest(prompt=_closed(prompts[i], reasoning[i]), params=_params(requests[i], cfg.max_answer_tokens, stops, 1))
         for i in todo
     ], progress)  # fmt: skip
+    if progress and len(todo) < len(requests):
+        progress(len(requests) - len(todo), 0)  # cut inside their reasoning, with no answer to wait for
     answers = dict(zip(todo, second))
     traces = []
     for i, res in enumerate(first):
@@ -150,6 +156,11 @@ def _one_call(backend: Backend, requests: list[ThinkingRequest], prompts: list[s
         parts = (0, n) if reasoning is None else (None, None)
         traces.append(Trace(reasoning, answer.strip(), res.finish_reason, n, *parts, text))
     return traces
+
+
+def _tokens_only(progress: ProgressFn | None) -> ProgressFn | None:
+    """The reasoning call reports its tokens; a request counts as finished once its answer is."""
+    return None if progress is None else (lambda done, tokens: progress(0, tokens))
 
 
 def _params(r: ThinkingRequest, max_tokens: int, stops: tuple[str, ...], part: int) -> SamplingParams:
