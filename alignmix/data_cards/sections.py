@@ -80,6 +80,38 @@ def lengths_section(card: dict[str, Any], plots: Plots) -> Section:
     return sec.plot("lengths", plots, "length distributions (characters)")
 
 
+def reasoning_section(card: dict[str, Any], plots: Plots) -> Section | None:
+    """Thinking-mode shares (fusion), reasoning and answer lengths per source, verified accuracy per source."""
+    record, fusion = card["mix"].get("reasoning"), card["mix"]["mix"].get("fusion")
+    if not record:
+        return None
+    sec = Section("Reasoning")
+    if fusion:
+        asked = fusion.get("asked_thinking_share")
+        sec.p(f"Thinking-mode fusion: {wording.percent(fusion.get('thinking_share'))} of the rows drawn are thinking "
+              f"rows (asked: {wording.percent(asked) if asked is not None else 'as the sources give them'}); flags: "
+              f"{fusion['flags']}, empty think block on non-thinking rows: {'yes' if fusion['empty_think'] else 'no'}.")
+        before, after = fusion["before"]["by_source"], fusion["after"]["by_source"]
+        sec.table(["source", "thinking drawn", "non-thinking drawn", "thinking kept", "non-thinking kept"],
+                  [[n, b["thinking"], b["non_thinking"], after.get(n, {}).get("thinking", 0),
+                    after.get(n, {}).get("non_thinking", 0)] for n, b in before.items()])
+    sec.p("Lengths of the final answer's reasoning and answer, in words (the chosen answer for pairs):")
+    sec.table(["source", "rows", "with reasoning", "reasoning mean", "reasoning median", "reasoning p90",
+               "answer mean", "answer median"],
+              [[n, d["rows"], d["thinking"], d["reasoning_words"].get("mean"), d["reasoning_words"].get("p50"),
+                d["reasoning_words"].get("p90"), d["answer_words"].get("mean"), d["answer_words"].get("p50")]
+               for n, d in record["by_source"].items()])
+    if record["verified"]:
+        sec.p("Verified answers, as the verify stage and rejection sampling recorded them (accuracy: correct / "
+              "(correct + wrong)):")
+        sec.table(["stage", "source", "verdicts", "accuracy"],
+                  [[v["stage"], v["source"], wording.reasons(v["verdicts"]), wording.percent(v["accuracy"])]
+                   for v in record["verified"].values()])
+    else:
+        sec.p("No answer was verified for this mix (no verify stage or rejection sampling ran).")
+    return sec
+
+
 def _bias_table(before: dict[str, Any], after: dict[str, Any], unit: str) -> tuple[list[str], list[list[Any]]]:
     def ratio(p: dict[str, Any], key: str) -> Any:
         return p.get("pair_ratio", {}).get(key)
@@ -319,7 +351,7 @@ def round_sections(card: dict[str, Any], plots: Plots) -> list[Section]:
 
 
 SECTIONS: list[Callable[[dict[str, Any], Plots], Section | list[Section] | None]] = [
-    about_section, sources_section, funnel_section, rounds_section, round_sections, lengths_section,
+    about_section, sources_section, funnel_section, rounds_section, round_sections, lengths_section, reasoning_section,
     length_bias_section, scores_section, languages_section, topics_section, dedup_section, decontam_section, review_section, stage_statistics_section,
     examples_section, recipe_section, version_section, checksums_section,
 ]

@@ -72,6 +72,8 @@ def build_mix(recipe: Recipe, curated: dict[str, pl.DataFrame], out_root: str | 
         "examples": examples(mix),
         "rejected_examples": rejected_examples(store),
     }
+    if mix.stats.get("fusion") or _any_reasoning(both):
+        record["reasoning"] = reasoning_summary(both, store)
     store.write_stats("mix", record)
 
     recipe_json = recipe.model_dump(mode="json")
@@ -160,6 +162,66 @@ def mix_distributions(frame: pl.DataFrame) -> dict[str, Any]:
         sizes = frame.filter(pl.col("dup_cluster").is_not_null()).group_by("dup_cluster").len()
         out["dup_clusters_in_mix"] = {"clusters": sizes.height, "rows": int(sizes["len"].sum()) if sizes.height else 0}
     return out
+
+
+def _final_turn_parts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per row: source, reasoning words (null without reasoning) and answer words of the final assistant turn
+    (the chosen one for pairs)."""
+    col = "chosen" if row_kind(frame) == "preference" else "messages"
+    last = pl.col(col).list.last()
+    fields = frame.schema[col].inner.fields  # type: ignore[union-attr]
+    reasoning = last.struct.field("reasoning_content") if any(f.name == "reasoning_content" for f in fields) else pl.lit(None, pl.String)
+    words = lambda e: e.str.split(" ").list.len().cast(pl.Int64)  # noqa: E731
+    return frame.select(
+        "source",
+        pl.when(reasoning.str.strip_chars().str.len_chars() > 0).then(words(reasoning.str.strip_chars())).alias("reasoning_words"),
+        words(last.struct.field("content")).alias("answer_words"),
+    )
+
+
+def _any_reasoning(frame: pl.DataFrame) -> bool:
+    return bool(frame.height) and _final_turn_parts(frame)["reasoning_words"].is_not_null().any()
+
+
+def reasoning_summary(frame: pl.DataFrame, store: MixStore) -> dict[str, Any]:
+    """What the card's reasoning section shows: per source, rows with and without reasoning, the reasoning and
+    answer lengths (words, final assistant turn; chosen for pairs), and the verified accuracy that the verify
+    stage and rejection sampling recorded for it (correct / (correct + wrong), None where nothing was checked)."""
+    parts = _final_turn_parts(frame) if frame.height else pl.DataFrame(schema={"source": pl.String,
+                                                                              "reasoning_words": pl.Int64,
+                                                                              "answer_words": pl.Int64})
+    by_source = {}
+    for name in sorted(set(parts["source"].to_list())):
+        p = parts.filter(pl.col("source") == name)
+        by_source[name] = {
+            "rows": p.height,
+            "thinking": int(p["reasoning_words"].is_not_null().sum()),
+            "reasoning_words": histogram(p["reasoning_words"].drop_nulls()),
+            "answer_words": histogram(p["answer_words"]),
+        }
+    return {"by_source": by_source, "reasoning_words": histogram(parts["reasoning_words"].drop_nulls()),
+            "verified": verified_accuracy(store)}
+
+
+def verified_accuracy(store: MixStore) -> dict[str, dict[str, Any]]:
+    """Verdict counts per (stage, source) as the verify stage (`distributions.verify.by_source`) and rejection
+    sampling (`rejection.verdicts`) recorded them."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, stats in store.all_stats().items():
+        if not isinstance(stats, dict):
+            continue
+        for source, counts in ((stats.get("distributions") or {}).get("verify") or {}).get("by_source", {}).items():
+            out[f"{key}/{source}"] = {"stage": key, "source": source, **_accuracy(counts)}
+        if stats.get("stage") == "rejection_sampling":
+            verdicts = (stats.get("rejection") or {}).get("verdicts", {})
+            out[f"{key}/{stats.get('name')}"] = {"stage": key, "source": stats.get("name"), **_accuracy(verdicts)}
+    return dict(sorted(out.items()))
+
+
+def _accuracy(counts: dict[str, Any]) -> dict[str, Any]:
+    right, wrong = int(counts.get("correct", 0)), int(counts.get("wrong", 0))
+    checked = {k: int(v) for k, v in counts.items() if k not in ("rows", "accuracy") and isinstance(v, int)}
+    return {"verdicts": checked, "accuracy": round(right / (right + wrong), 4) if right + wrong else None}
 
 
 def _rejected_counts(store: MixStore) -> pl.DataFrame:

@@ -4,6 +4,7 @@ non_thinking`."""
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
@@ -85,3 +86,30 @@ def test_modes_that_cannot_hold_are_errors(r1):
         _mix({"r1": r1}, fusion={"thinking": 0.5})
     with pytest.raises(ValidationError, match="only thinking-mode fusion reads"):
         MixSpec.model_validate({"sources": {"r1": {"fraction": 1.0, "mode": "non_thinking"}}})
+
+
+def test_card_shows_shares_lengths_and_verified_accuracy(r1, tmp_path):
+    """Real R1 rows through the verify stage (curate_frames), a fused mix (build_mix) and its card."""
+    from alignmix.data_cards.card import write_card
+    from alignmix.filters.registry import build_stage
+    from alignmix.filters.apply import curate_frames
+    from alignmix.pipeline.mix_build import build_mix
+    from alignmix.pipeline.recipe import load_recipe
+    from alignmix.pipeline.store import MixStore
+
+    recipe = load_recipe({"name": "fused", "seed": 1, "output": {"dir": str(tmp_path)}, "mix": {
+        "sources": {"r1": {"fraction": 1.0}, "direct": {"count": 10, "mode": "non_thinking"}}, "fusion": {"thinking": 0.6}}})
+    store = MixStore(tmp_path / "fused")
+    direct = r1.with_columns(pl.lit("direct").alias("source"))
+    curated = curate_frames({"r1": r1, "direct": direct}, [build_stage({"stage": "verify"})], store)
+    build_mix(recipe, curated, tmp_path)
+    record = MixStore(tmp_path / "fused").read_stats("mix")["reasoning"]
+    assert record["by_source"]["direct"] == {**record["by_source"]["direct"], "rows": 10, "thinking": 0}
+    assert record["by_source"]["r1"]["rows"] == record["by_source"]["r1"]["thinking"] == 15  # 10 / 0.4 * 0.6
+    words = [len(m[-1]["reasoning_content"].split(" ")) for m in r1["messages"].to_list()]
+    assert record["by_source"]["r1"]["reasoning_words"]["n"] == 15 and min(words) <= record["by_source"]["r1"]["reasoning_words"]["p50"] <= max(words)
+    verify = curated["r1"].height  # every R1 trace in the file was right (its own checker kept only those)
+    assert record["verified"]["verify/r1"]["verdicts"]["correct"] == verify and record["verified"]["verify/r1"]["accuracy"] == 1.0
+    card = (tmp_path / "fused" / "README.md").read_text(encoding="utf-8") if write_card(tmp_path / "fused") else ""
+    section = card.split("## Reasoning", 1)[1].split("\n## ", 1)[0]
+    assert "60.0% of the rows drawn are thinking rows (asked: 60.0%)" in section and "| verify | r1 |" in section
