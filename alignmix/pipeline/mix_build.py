@@ -171,12 +171,15 @@ def _final_turn_parts(frame: pl.DataFrame) -> pl.DataFrame:
     last = pl.col(col).list.last()
     fields = frame.schema[col].inner.fields  # type: ignore[union-attr]
     reasoning = last.struct.field("reasoning_content") if any(f.name == "reasoning_content" for f in fields) else pl.lit(None, pl.String)
-    words = lambda e: e.str.split(" ").list.len().cast(pl.Int64)  # noqa: E731
     return frame.select(
         "source",
-        pl.when(reasoning.str.strip_chars().str.len_chars() > 0).then(words(reasoning.str.strip_chars())).alias("reasoning_words"),
-        words(last.struct.field("content")).alias("answer_words"),
+        pl.when(reasoning.str.strip_chars().str.len_chars() > 0).then(_words(reasoning.str.strip_chars())).alias("reasoning_words"),
+        _words(last.struct.field("content")).alias("answer_words"),
     )
+
+
+def _words(text: pl.Expr) -> pl.Expr:
+    return text.str.split(" ").list.len().cast(pl.Int64)
 
 
 def _any_reasoning(frame: pl.DataFrame) -> bool:
@@ -220,7 +223,7 @@ def verified_accuracy(store: MixStore) -> dict[str, dict[str, Any]]:
 
 def _accuracy(counts: dict[str, Any]) -> dict[str, Any]:
     right, wrong = int(counts.get("correct", 0)), int(counts.get("wrong", 0))
-    checked = {k: int(v) for k, v in counts.items() if k not in ("rows", "accuracy") and isinstance(v, int)}
+    checked = {k: int(v) for k, v in counts.items() if k not in ("rows", "accuracy") and isinstance(v, int) and v}
     return {"verdicts": checked, "accuracy": round(right / (right + wrong), 4) if right + wrong else None}
 
 
