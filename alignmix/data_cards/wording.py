@@ -142,10 +142,11 @@ def round_summary(record: dict[str, Any]) -> str:
     >>> print(round_summary({"round": 2, "sampled_from": "out/x/rounds/round-1/adapter", "pairs": {"rows": 3},
     ...     "train": {"steps": 4}, "heldout": {"pairs": 2, "before": {"reward_accuracy": 0.5},
     ...     "after": {"reward_accuracy": 1.0}}, "win_rate": {"win_rate": 0.75, "wins": 1, "ties": 1, "losses": 0,
-    ...     "unrated": 0}}))  # doctest: +NORMALIZE_WHITESPACE
+    ...     "missing": 0}}))  # doctest: +NORMALIZE_WHITESPACE
     Round 2 sampled from out/x/rounds/round-1/adapter, kept 3 pairs after pairing and curation, and trained 4 DPO
     steps from round 1's adapter (reference: the start model). Held-out reward accuracy: 0.5 before, 1 after
-    (2 pairs). Win rate over the policy before the round: 0.75 (1 wins, 1 ties, 0 losses, 0 unrated).
+    (2 pairs). Win rate over the policy before the round: 0.75 (1 wins, 1 ties, 0 losses; 0 prompts without both
+    answers).
     """
     held, wins, k = record["heldout"], record["win_rate"], record["round"]
     start = "the start model" if k == 1 else f"round {k - 1}'s adapter"
@@ -155,7 +156,8 @@ def round_summary(record: dict[str, Any]) -> str:
         f"(reference: the start model). Held-out reward accuracy: "
         f"{number(held['before'].get('reward_accuracy'))} before, {number(held['after'].get('reward_accuracy'))} "
         f"after ({held['pairs']} pairs). Win rate over the policy before the round: {number(wins.get('win_rate'))} "
-        f"({wins['wins']} wins, {wins['ties']} ties, {wins['losses']} losses, {wins['unrated']} unrated)."
+        f"({wins['wins']} wins, {wins['ties']} ties, {wins['losses']} losses; {wins.get('missing', 0)} prompts without "
+        "both answers)."
     )
 
 

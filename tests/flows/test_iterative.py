@@ -26,7 +26,6 @@ from alignmix.pipeline.rounds import (
 from alignmix.pipeline.store import MixStore, sha256_file
 from alignmix.synth.config import PreferencesConfig
 from alignmix.synth.responses import load_prompts
-from alignmix.synth.winrate import win_rate
 
 BIN = Path(sys.executable).parent
 DEMO = RECIPES_DIR / "iterative-demo.yaml"
@@ -115,21 +114,23 @@ def test_each_round_samples_from_the_last_adapter_and_trains_from_it_against_the
     assert plan.fingerprint(2, ["a"], "fp1") != plan.fingerprint(2, ["a"], "fp1-changed")
 
 
-def _meta(pid: str, index: int, rating: float | None) -> str:
-    return orjson.dumps({"prompt_id": pid, "response_index": index, "judge": {"rating": rating}}).decode()
+def test_paired_answers_take_a_duplicate_from_the_other_side_and_leave_an_empty_one_missing():
+    """What the responses stage writes for two one-answer responders: a duplicate second answer is rejected (it
+    is the first one's text, a tie for the judge), an empty one is rejected (no pair)."""
+    from alignmix.synth.winrate import paired_answers
 
+    def meta(pid: str, index: int) -> str:
+        return orjson.dumps({"prompt_id": pid, "response_index": index}).decode()
 
-def test_win_rate_counts_ties_half_and_identical_answers_as_ties():
-    turn = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]
-    rows = pl.DataFrame({
-        "meta": [_meta("a", 0, 2.0), _meta("a", 1, 3.5), _meta("b", 0, 4.0), _meta("b", 1, 1.0),
-                 _meta("c", 0, 3.0), _meta("c", 1, 3.0), _meta("d", 0, None), _meta("d", 1, 5.0), _meta("e", 0, 2.0)],
-        "messages": [turn("x" * n) for n in (10, 30, 10, 30, 10, 30, 10, 30, 10)],
-    })
-    r = win_rate(rows, duplicates=["e"])
-    assert (r["wins"], r["losses"], r["ties"], r["unrated"], r["prompts"]) == (1, 1, 2, 1, 5)
-    assert r["win_rate"] == (1 + 0.5 * 2) / 4
-    assert (r["previous_chars"], r["new_chars"]) == (10.0, 26.0)  # e: the same answer again, 10 characters
+    def turns(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"q-{text}"}, {"role": "assistant", "content": text}]
+
+    kept = pl.DataFrame({"messages": [turns("a0"), turns("a1"), turns("b0"), turns("c1")],
+                         "meta": [meta("a", 0), meta("a", 1), meta("b", 0), meta("c", 1)]})
+    rejected = pl.DataFrame({"meta": [meta("b", 1), meta("c", 0)], "drop_reason": ["duplicate_response", "empty_response"]})
+    answers = paired_answers(kept, rejected)
+    assert answers == {"a": {"prompt": "q-a0", 0: "a0", 1: "a1"}, "b": {"prompt": "q-b0", 0: "b0", 1: "b0"},
+                       "c": {"prompt": "q-c1", 1: "c1"}}
 
 
 def test_pair_figures_on_pairs_that_binarize_wrote(tmp_path):
@@ -290,7 +291,7 @@ def test_the_demo_writes_two_rounds_each_trained_from_the_last(demo_build):
         assert {p.stem for p in (folder / "stats").glob("*.json")} >= {"responses", "judge", "binarize", "round"}
         assert m["train"]["steps"] == 4 and m["heldout"]["pairs"] == MixStore(mix / "rounds" / "heldout").read().height
         w = m["win_rate"]
-        assert w["wins"] + w["ties"] + w["losses"] + w["unrated"] == w["prompts"] == 4
+        assert w["wins"] + w["ties"] + w["losses"] == w["prompts"] and w["prompts"] + w["missing"] == 4
         assert m["samples"]["rows"] == steps["responses"]["rows_kept"] and m["samples"]["mean_chars"] > 0
     assert metrics[0]["sampled_from"] == "default"
     assert metrics[1]["sampled_from"] == metrics[0]["adapter"]  # round 2 samples from round 1's policy
