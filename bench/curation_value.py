@@ -54,7 +54,7 @@ RECIPE = ROOT / "alignmix" / "recipes" / "ultrafeedback-mix.yaml"
 ARMS = ("raw", "curated")
 # quick: small enough for 6 CPU runs of the 135M default model in under 15 minutes on 2 cores.
 MODES = {
-    "quick": {"steps": 12, "heldout": 24, "generations": 4, "max_new_tokens": 24, "max_length": 160, "batch_size": 2},
+    "quick": {"steps": 4, "heldout": 16, "generations": 2, "max_new_tokens": 16, "max_length": 128, "batch_size": 2},
     "full": {
         "steps": 200,
         "heldout": 200,
@@ -119,6 +119,10 @@ def hold_out(
                          for s, c in shares]).sort("_r").drop("_r")  # fmt: skip
     prompts = heldout["prompt"].to_list()
     train = {arm: rows.filter(~pl.col("prompt").is_in(prompts)) for arm, rows in zip(ARMS, (raw, curated))}
+    # Shuffled (seeded): each run reads the first 4 x steps x batch rows (room for those set aside as too long),
+    # a sample of its whole arm.
+    train = {arm: rows.sort(pl.col("id").map_elements(lambda i: _rank(i, seed), return_dtype=pl.String))
+             for arm, rows in train.items()}  # fmt: skip
     return heldout, train
 
 
@@ -137,7 +141,7 @@ def dpo_config(args: argparse.Namespace, seed: int, heldout: int) -> Any:
         "model": args.model, "seed": seed, "max_steps": args.steps, "batch_size": args.batch_size,
         "max_length": args.max_length, "learning_rate": args.lr, "beta": args.beta, "eval_rows": heldout,
         "generations": args.generations, "max_new_tokens": args.max_new_tokens, "logging_steps": args.steps,
-        "save_steps": 100_000, "resume": False, "gradient_checkpointing": False,  # memory is no concern at these sizes
+        "save_steps": 100_000, "resume": False, "max_train_rows": 4 * args.steps * args.batch_size, "gradient_checkpointing": False,  # memory is no concern at these sizes
     })  # fmt: skip
 
 
