@@ -17,6 +17,7 @@ and, per seed, `curated_vs_raw`: the curated model's answers judged against the 
 standard deviations, min and max over the seeds. The product's goal: curated beats raw with at most 60% of its rows.
 
     .venv/bin/python bench/curation_value.py --quick                       # CPU, under 15 minutes on 2 cores
+    .venv/bin/python bench/curation_value.py --merge seed0.json seed1.json seed2.json   # runs with --seeds 0, 1, 2
     .venv/bin/python bench/curation_value.py --model Qwen/Qwen2.5-0.5B-Instruct \\
         --judge '{"kind": "reward_model", "model": "Skywork/Skywork-Reward-V2-Qwen3-0.6B"}'   # full mode, on a GPU
 """
@@ -208,6 +209,29 @@ def summarize(arm: str, rows: int, runs: dict[int, dict[str, Any]]) -> dict[str,
     return {"rows": rows, **{m: spreads[m]["mean"] for m in METRICS}, "spread": spreads, "per_seed": per_seed}
 
 
+def versus_raw(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    return {"win_rate": spread([r["curated_vs_raw"]["win_rate"] for r in runs.values()]),
+            "per_seed": [{"seed": s, **r["curated_vs_raw"]} for s, r in runs.items()]}  # fmt: skip
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One report from reports of the same settings run with different --seeds (one process per seed, say)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    runs: dict[int, dict[str, Any]] = {}
+    for r in reports:
+        for arm in (*ARMS, "curated_vs_raw"):
+            for entry in r[arm]["per_seed"]:
+                runs.setdefault(entry["seed"], {})[arm] = {k: v for k, v in entry.items() if k != "seed"}
+    runs = dict(sorted(runs.items()))
+    out = {**reports[0], "curated_vs_raw": versus_raw(runs), "merged_from": [str(p) for p in paths]}
+    for arm in ARMS:
+        out[arm] = summarize(arm, out[arm]["rows"], runs)
+    out["settings"] = {**out["settings"], "seeds": list(runs)}
+    for key in ("seconds", "load_average_1m", "work"):
+        out[key] = [r[key] for r in reports]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU sizes (under 15 minutes on 2 cores)")
@@ -223,7 +247,11 @@ def main() -> None:
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"full: {value}; quick: "
                        f"{MODES['quick'][key]}")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a new temporary one)")
+    p.add_argument("--merge", type=Path, nargs="+", help="print one report from these reports (one per seed)")
     args = p.parse_args()
+    if args.merge:
+        print(json.dumps(merge(args.merge), indent=2))
+        return
     mode = "quick" if args.quick else "full"
     for key, value in {**MODES[mode], "lr": LEARNING_RATE[mode]}.items():
         if getattr(args, key) is None:
@@ -254,8 +282,7 @@ def main() -> None:
         "heldout_pairs": heldout.height,
         "raw": summarize("raw", raw_rows, runs),
         "curated": summarize("curated", cur_rows, runs),
-        "curated_vs_raw": {"win_rate": spread([r["curated_vs_raw"]["win_rate"] for r in runs.values()]),
-                           "per_seed": [{"seed": s, **r["curated_vs_raw"]} for s, r in runs.items()]},
+        "curated_vs_raw": versus_raw(runs),
         "rows_ratio": round(cur_rows / raw_rows, 4) if raw_rows else None,
         "settings": {"model": args.model, "judge": judge_spec, "seeds": seeds, "steps": args.steps,
                      "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr, "beta": args.beta,
