@@ -3,7 +3,8 @@
 Losses: `sigmoid` (DPO) and `ipo` are TRL's; `simpo` (reference-free: beta times the length-normalized
 log-probability, minus a target margin gamma) is added here, since TRL 1.16's DPOTrainer has no SimPO loss.
 At each logging step the trainer also records `kl`, the exact KL(policy || reference) summed over the
-completion tokens of the batch, averaged over sequences.
+completion tokens of the batch, averaged over sequences, from the hidden states of the step's own policy and
+reference forwards (no extra forward pass).
 
     >>> result = train_dpo("out/uf-mix", "runs/dpo", load_config("dpo", overrides=["max_steps=20"]))  # doctest: +SKIP
     >>> result["eval"]["after"]["reward_accuracy"]                                                  # doctest: +SKIP
@@ -31,6 +32,7 @@ from alignmix.training.data import (
     preference_examples,
     read_split,
 )
+from alignmix.training.lm_head import causal_lm, hidden_states, kl_sum, lean_fused_head, scored_positions
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.progress import TrainingProgress
 from alignmix.training.modeling import load_init_adapter, lora_config, load_policy, reference
@@ -40,28 +42,57 @@ log = logging.getLogger("alignmix.training")
 
 
 class AlignmixDPOTrainer(DPOTrainer):
-    """DPOTrainer plus the SimPO loss and a KL estimate at logging steps.
+    """DPOTrainer plus the SimPO loss, the exact KL from the reference at logging steps, and TRL's fused LM head
+    scoring the completion positions only (lm_head.lean_fused_head).
 
     `simpo_gamma` set (not None) switches the loss to SimPO:
         loss = -log sigmoid(beta * (logp_c/|y_c| - logp_r/|y_r|) - gamma)
     and the logged rewards are beta * logp/|y| (the reference is not consulted).
+
+    The KL reuses the step's own forwards: a hook keeps the backbone's last hidden state of the policy forward
+    and of the reference forward (adapter disabled) that DPO runs anyway, and the LM head projects the completion
+    positions of both (lm_head.kl_sum). SimPO has no reference forward, so at its logging steps one runs (no grad).
     """
 
-    def __init__(self, *args: Any, simpo_gamma: float | None = None, kl_chunk: int = 2, **kwargs: Any):
+    def __init__(self, *args: Any, simpo_gamma: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.simpo_gamma = simpo_gamma
-        self.kl_chunk = kl_chunk
+        self._hidden: list[torch.Tensor] | None = None  # a list while a logging step's forwards run
+        causal_lm(self.model).base_model.register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module, args, output) -> None:
+        if self._hidden is not None:
+            self._hidden.append(output[0].detach())
 
     def _compute_loss(self, model, inputs, return_outputs):
-        if self.simpo_gamma is None:
-            out = super()._compute_loss(model, inputs, return_outputs)
-        else:
-            out = self._simpo_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
-        steps = self.args.logging_steps
-        if mode == "eval" or (self.state.global_step + 1) % int(steps) == 0:
-            self._metrics[mode]["kl"].append(self.kl_from_reference(inputs))
+        logging_step = mode == "eval" or (self.state.global_step + 1) % int(self.args.logging_steps) == 0
+        self._hidden = [] if logging_step else None
+        try:
+            with lean_fused_head():
+                if self.simpo_gamma is None:
+                    out = super()._compute_loss(model, inputs, return_outputs)
+                else:
+                    out = self._simpo_loss(model, inputs)
+            if logging_step:
+                self._metrics[mode]["kl"].append(self._step_kl(inputs))
+        finally:
+            self._hidden = None
         return out
+
+    @torch.no_grad()
+    def _step_kl(self, inputs: dict[str, torch.Tensor]) -> float:
+        """KL(pi || pi_ref) over the full vocabulary at each completion position, summed per sequence, averaged
+        over the batch's sequences (chosen and rejected), from the hidden states this step's forwards kept."""
+        model = self.accelerator.unwrap_model(self.model)
+        if len(self._hidden) == 1:  # SimPO: the policy forward only
+            with reference(model), self.accelerator.autocast():
+                hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
+        policy, ref = self._hidden[:2]
+        with self.accelerator.autocast():
+            total = kl_sum(model, policy, ref, scored_positions(inputs["completion_mask"]),
+                            lambda: reference(model))
+        return total / max(inputs["input_ids"].size(0), 1)
 
     def _simpo_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
@@ -89,26 +120,6 @@ class AlignmixDPOTrainer(DPOTrainer):
         m["logps/chosen"].append(gather(logps_c.detach()).mean().item())
         m["logps/rejected"].append(gather(logps_r.detach()).mean().item())
         return loss
-
-    @torch.no_grad()
-    def kl_from_reference(self, inputs: dict[str, torch.Tensor]) -> float:
-        """KL(pi || pi_ref) over the full vocabulary at each completion position, summed per sequence, averaged
-        over the batch's sequences (chosen and rejected). Rows go through in chunks so that the (rows, length,
-        vocab) logits stay small."""
-        model = self.accelerator.unwrap_model(self.model)
-        total, count = 0.0, 0
-        ids, attn, comp = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-        for i in range(0, ids.size(0), self.kl_chunk):
-            sl = slice(i, i + self.kl_chunk)
-            kw = {"input_ids": ids[sl], "attention_mask": attn[sl], "use_cache": False}
-            with self.accelerator.autocast():
-                pol = model(**kw).logits[:, :-1].float().log_softmax(-1)
-                with reference(model):
-                    ref = model(**kw).logits[:, :-1].float().log_softmax(-1)
-            per_token = F.kl_div(ref, pol, log_target=True, reduction="none").sum(-1)
-            total += float((per_token * comp[sl, 1:]).sum())
-            count += ids[sl].size(0)
-        return total / max(count, 1)
 
 
 def build_dpo_trainer(config: DPOTrainConfig, layout: Layout, model: Any, tokenizer: Any,

@@ -37,15 +37,22 @@ def tokenize_pairs(tokenizer: Any, examples: list[dict[str, Any]], max_length: i
 
 
 def score_pairs(model: Any, tokenized: list[dict[str, list[int]]], pad_id: int, batch_size: int = 8) -> ScoredPairs:
+    """Scores in the order of `tokenized`; batches are formed longest first, so that little of them is padding."""
     model.eval()
+    order = sorted(range(len(tokenized)), key=lambda i: -_pair_length(tokenized[i]))
     parts: dict[str, list[torch.Tensor]] = {"c": [], "cl": [], "r": [], "rl": []}
-    for i in range(0, len(tokenized), batch_size):
-        chunk = tokenized[i : i + batch_size]
+    for i in range(0, len(order), batch_size):
+        chunk = [tokenized[j] for j in order[i : i + batch_size]]
         c, cl = completion_logps(model, [_pick(t, "chosen_ids") for t in chunk], pad_id)
         r, rl = completion_logps(model, [_pick(t, "rejected_ids") for t in chunk], pad_id)
         parts["c"].append(c), parts["cl"].append(cl), parts["r"].append(r), parts["rl"].append(rl)
-    cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+    back = torch.tensor(order).argsort()
+    cat = {k: torch.cat(v)[back] if v else torch.zeros(0) for k, v in parts.items()}
     return ScoredPairs(cat["c"], cat["cl"], cat["r"], cat["rl"])
+
+
+def _pair_length(t: dict[str, list[int]]) -> int:
+    return len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"]))
 
 
 def _pick(t: dict[str, list[int]], completion: str) -> dict[str, list[int]]:

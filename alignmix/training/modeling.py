@@ -20,6 +20,7 @@ import torch
 
 from alignmix.pipeline.models import resolve_model
 from alignmix.training.config import LoraSettings, TrainConfig
+from alignmix.training.lm_head import hidden_states, scored_positions, token_logps
 
 
 def wants_4bit(config: TrainConfig) -> bool:
@@ -164,7 +165,8 @@ def delta_norm(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) 
 def completion_logps(model: Any, batch: list[dict[str, list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence (sum of completion-token log-probs, completion length) for rows of prompt_ids + completion_ids.
 
-    Right-padded, so positions match an unpadded forward exactly.
+    Right-padded, so positions match an unpadded forward exactly. The LM head projects the completion positions
+    only, a chunk at a time (lm_head.token_logps): the full (rows, length, vocab) logits are never built.
     """
     device = next(model.parameters()).device
     seqs = [r["prompt_ids"] + r["completion_ids"] for r in batch]
@@ -177,10 +179,9 @@ def completion_logps(model: Any, batch: list[dict[str, list[int]]], pad_id: int)
         attn[i, : len(s)] = 1
         comp[i, len(r["prompt_ids"]) : len(s)] = 1
     ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    mask = comp[:, 1:].float()
-    return (logp * mask).sum(-1).cpu(), mask.sum(-1).cpu()
+    scored = scored_positions(comp)
+    logps = token_logps(model, hidden_states(model, ids, attn), ids, scored)
+    return logps.cpu(), scored.sum(-1).float().cpu()
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:

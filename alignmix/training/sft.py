@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from alignmix.training import evaluate as ev
 from alignmix.training.config import SFTTrainConfig
 from alignmix.training.data import TrainingDataError, has_split, read_sft_split, sft_examples
+from alignmix.training.lm_head import lean_fused_head
 from alignmix.training.metrics import MetricsCallback
 from alignmix.training.progress import TrainingProgress
 from alignmix.training.modeling import lora_config, load_policy, reference
@@ -28,8 +29,17 @@ from alignmix.training.outputs import Layout, prepare_run, run_lock, train_and_f
 log = logging.getLogger("alignmix.training")
 
 
+class AlignmixSFTTrainer(SFTTrainer):
+    """SFTTrainer whose fused LM head projects the assistant positions only, on every device
+    (lm_head.lean_fused_head)."""
+
+    def compute_loss(self, *args: Any, **kwargs: Any):
+        with lean_fused_head():
+            return super().compute_loss(*args, **kwargs)
+
+
 def build_sft_trainer(config: SFTTrainConfig, layout: Layout, model: Any, tokenizer: Any,
-                      rows: list[dict[str, Any]], callbacks: list[Any]) -> SFTTrainer:
+                      rows: list[dict[str, Any]], callbacks: list[Any]) -> AlignmixSFTTrainer:
     from datasets import Dataset
 
     args = SFTConfig(
@@ -39,7 +49,7 @@ def build_sft_trainer(config: SFTTrainConfig, layout: Layout, model: Any, tokeni
         packing=False,
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "assistant_masks": r["assistant_masks"]} for r in rows])
-    return SFTTrainer(
+    return AlignmixSFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -113,9 +113,8 @@ def test_preference_rows_become_prompt_chosen_rejected_and_mismatches_get_a_reas
     rows = [{**r, "prompt": "p", "score_chosen": None, "score_rejected": None, "source": "t", "source_id": "0",
              "meta": "{}"} for r in (good, bad)]
     prepared = preference_examples(to_frame(rows, "preference"))
-    read = {"reasoning_content": None}  # messages read back from a frame carry the (null) reasoning field
-    assert prepared.rows == [{"id": "a", "prompt": [u | read], "chosen": [good["chosen"][1] | read],
-                              "rejected": [good["rejected"][1] | read]}]
+    assert prepared.rows == [{"id": "a", "prompt": [u], "chosen": [good["chosen"][1]],
+                              "rejected": [good["rejected"][1]]}]
     assert prepared.rejected_counts() == {"prompt_mismatch": 1}
     assert prepared.rejected[0]["id"] == "b"
 
@@ -253,36 +252,46 @@ def test_dpo_resumes_from_its_last_checkpoint(dpo_run, pref_mix, sft_run):
     assert steps == [1, 2, 3]  # the two earlier lines kept, none twice
 
 
-@pytest.mark.slow
-def test_reference_logps_equal_the_base_models(dpo_run, pref_mix):
-    """The trainer's reference (the policy with its adapter disabled) scores a batch exactly as a fresh copy
-    of the base model does, even after the adapter has moved the policy away from it."""
-    from transformers import AutoModelForCausalLM
-
+def _moved_trainer(cfg, work: Path, pref_mix: Path):
+    """A DPO trainer on 2 train pairs whose policy was moved away from its reference (random lora_B), the base
+    path, its first batch, and that batch's rows unpadded ([chosen..., rejected...], prompt then completion)."""
     from alignmix.training.data import read_split
     from alignmix.training.dpo import build_dpo_trainer
-    from alignmix.training.modeling import completion_logps, load_policy
+    from alignmix.training.modeling import load_policy
     from alignmix.training.outputs import Layout
 
-    cfg = load_config("dpo", overrides=[*TINY, f"model={dpo_run['base_model']}"])
-    model, tok, base_path = load_policy(cfg, Path(dpo_run["out_dir"]) / "ref-check")
+    model, tok, base_path = load_policy(cfg, work)
     rows = preference_examples(read_split(pref_mix, "train", "preference", 2)).rows
-    trainer = build_dpo_trainer(cfg, Layout(Path(dpo_run["out_dir"]) / "ref-check"), model, tok, rows)
+    trainer = build_dpo_trainer(cfg, Layout(work), model, tok, rows)
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy: random lora_B
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     batch = next(iter(trainer.get_train_dataloader()))
-    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    seqs = []  # the batch's rows unpadded: [chosen..., rejected...], prompt then completion
+    seqs = []
     for ids, comp, attn in zip(*(batch[k].tolist() for k in ("input_ids", "completion_mask", "attention_mask"))):
         start, end = comp.index(1), sum(attn)
         seqs.append({"prompt_ids": ids[:start], "completion_ids": ids[start:end]})
-    base_logps, _ = completion_logps(base, seqs, tok.pad_token_id)
-    policy_logps, lens = completion_logps(trainer.model, seqs, tok.pad_token_id)
+    return trainer, base_path, batch, seqs
+
+
+@pytest.mark.slow
+def test_reference_logps_equal_the_base_models(dpo_run, pref_mix):
+    """The trainer's reference (the policy with its adapter disabled) scores a batch exactly as a fresh copy
+    of the base model does, even after the adapter has moved the policy away from it."""
+    from transformers import AutoModelForCausalLM
+
+    from alignmix.training.modeling import completion_logps
+
+    cfg = load_config("dpo", overrides=[*TINY, f"model={dpo_run['base_model']}"])
+    trainer, base_path, batch, seqs = _moved_trainer(cfg, Path(dpo_run["out_dir"]) / "ref-check", pref_mix)
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    pad = trainer.processing_class.pad_token_id
+    base_logps, _ = completion_logps(base, seqs, pad)
+    policy_logps, lens = completion_logps(trainer.model, seqs, pad)
     torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]).cpu(), base_logps, atol=2e-3, rtol=1e-5)
     assert (policy_logps - base_logps).abs().max() > 1e-2  # the adapter is on outside the reference
 
@@ -293,6 +302,42 @@ def test_reference_logps_equal_the_base_models(dpo_run, pref_mix):
     expected = -torch.nn.functional.logsigmoid(2.0 * (avg_c - avg_r) - 1.0).mean()
     torch.testing.assert_close(loss.detach().cpu(), expected, atol=1e-4, rtol=1e-4)
     assert trainer._metrics["train"]["rewards/chosen"][-1] == pytest.approx(float(2.0 * avg_c.mean()), abs=1e-4)
+
+
+def _full_vocabulary_kl(model, batch) -> float:
+    """KL(policy || reference) the direct way: full logits of two more forwards, per completion token, summed
+    per sequence, averaged over the sequences."""
+    from alignmix.training.modeling import reference
+
+    kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    with torch.no_grad():
+        pol = model(**kw).logits[:, :-1].float().log_softmax(-1)
+        with reference(model):
+            ref = model(**kw).logits[:, :-1].float().log_softmax(-1)
+    per_token = (pol.exp() * (pol - ref)).sum(-1) * batch["completion_mask"][:, 1:]
+    return float(per_token.sum()) / batch["input_ids"].size(0)
+
+
+@pytest.mark.slow
+def test_the_logged_kl_comes_from_the_steps_own_forwards_and_equals_the_full_vocabulary_kl(pref_mix, tmp_path):
+    """At a logging step, DPO's KL costs no forward pass beyond the policy and reference ones the loss needs
+    (SimPO's: one reference forward), and equals the KL computed from two more forwards' full logits."""
+    from alignmix.training.lm_head import causal_lm
+
+    cfg = load_config("dpo", overrides=TINY)
+    assert cfg.gradient_checkpointing and cfg.logging_steps == 1  # the defaults under test
+    trainer, _, batch, _ = _moved_trainer(cfg, tmp_path, pref_mix)
+    expected = _full_vocabulary_kl(trainer.model, batch)
+    assert expected > 1e-3  # the policy was moved: a KL to get right
+    forwards = []
+    causal_lm(trainer.model).base_model.register_forward_hook(lambda *_: forwards.append(1))
+    trainer.model.train()
+    for gamma in (None, 1.0):  # sigmoid DPO, then SimPO
+        forwards.clear()
+        trainer.simpo_gamma = gamma
+        trainer.compute_loss(trainer.model, batch).backward()
+        assert len(forwards) == 2  # policy + reference, nothing else
+        assert trainer._metrics["train"]["kl"][-1] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.slow
@@ -369,30 +414,16 @@ def test_qlora_dpo_after_qlora_sft_trains_on_the_merged_base_in_4bit(qlora_dpo_r
 def test_qlora_reference_logps_equal_the_4bit_base_models(qlora_dpo_run, pref_mix):
     """The reference of a QLoRA DPO run (adapter disabled) scores a batch exactly as a fresh 4-bit load of the
     base does, after the adapter has moved the policy away from it."""
-    from alignmix.training.data import read_split
-    from alignmix.training.dpo import build_dpo_trainer
     from alignmix.training.modeling import completion_logps, load_policy
-    from alignmix.training.outputs import Layout
 
     work = Path(qlora_dpo_run["out_dir"]) / "ref-check"
     cfg = load_config("dpo", overrides=[*TINY, "quantize=4bit", f"model={qlora_dpo_run['base_model']}"])
-    model, tok, _ = load_policy(cfg, work)
-    rows = preference_examples(read_split(pref_mix, "train", "preference", 2)).rows
-    trainer = build_dpo_trainer(cfg, Layout(work), model, tok, rows)
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the policy: random lora_B
-        for name, p in trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    batch = next(iter(trainer.get_train_dataloader()))
+    trainer, _, batch, seqs = _moved_trainer(cfg, work, pref_mix)
     ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    tok = trainer.processing_class
 
     base, _, _ = load_policy(cfg, work)  # a second, independent 4-bit load of the same base
     assert sum(type(m).__name__ == "Linear4bit" for m in base.modules()) == 30 * 7
-    seqs = []
-    for ids, comp, attn in zip(*(batch[k].tolist() for k in ("input_ids", "completion_mask", "attention_mask"))):
-        start, end = comp.index(1), sum(attn)
-        seqs.append({"prompt_ids": ids[:start], "completion_ids": ids[start:end]})
     base_logps, _ = completion_logps(base, seqs, tok.pad_token_id)
     policy_logps, _ = completion_logps(trainer.model, seqs, tok.pad_token_id)
     torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]).float().cpu(), base_logps, atol=2e-2, rtol=1e-3)
