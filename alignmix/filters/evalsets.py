@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from alignmix.filters import evals as bundled_evals
+from alignmix.pipeline.config import StrictModel
 
 JSON_LINES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 JSON = (".json", ".json.gz")
@@ -53,10 +54,8 @@ class EvalSetError(ValueError):
     """An evaluation set that cannot be read as configured; the message names it and says what to change."""
 
 
-class EvalSet(BaseModel):
+class EvalSet(StrictModel):
     """Your own evaluation set: a local file or folder (`path`), or a Hugging Face dataset (`hf`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description=f"a local evaluation file or folder ({ACCEPTED})")
     hf: str | None = Field(None, description="a Hugging Face dataset id (from the local cache when offline) or a "

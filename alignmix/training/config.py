@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from alignmix.pipeline.config import StrictModel
 
 # SimPO's own scale: the paper (Meng et al. 2024) uses beta 2.0-2.5 on length-normalized log-probabilities with
 # a target margin gamma = beta * gamma_beta_ratio, ratio about 0.5. Sigmoid DPO and IPO use 0.1.
@@ -42,7 +44,9 @@ class ConfigError(ValueError):
     """A training config that does not validate; the message names the field, the bad value and the fix."""
 
 
-class _Strict(BaseModel):
+class _Strict(StrictModel):
+    """Training settings are also set field by field (`--set key=value`), so assignments validate too."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 

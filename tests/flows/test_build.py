@@ -175,7 +175,7 @@ GENERATION_RECIPE = {
         {
             "kind": "magpie", "name": "magpie", "count": 6, "batch_size": 2, "requests_per_batch": 2,
             "system_prompts": [{"text": "You are a helpful assistant. Answer briefly, in at most three sentences."}],
-            "instruction": {"max_new_tokens": 64}, "response": {"max_new_tokens": 96},
+            "instruction": {"max_new_tokens": 48}, "response": {"max_new_tokens": 64},
         }
     ],
     "mix": {"sources": {"magpie": {"fraction": 1.0}}},
