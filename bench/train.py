@@ -118,7 +118,8 @@ def _stock_trl_dpo(cfg: Any, work: Path, model: Any, tok: Any, rows: list[dict[s
 
     args = DPOConfig(
         output_dir=str(work / "checkpoints"), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, beta=float(cfg.beta),
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length, beta=float(cfg.beta),
         seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none", disable_tqdm=True,
         bf16=compute_dtype() == torch.bfloat16, dataloader_num_workers=0,
     )
