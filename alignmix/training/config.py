@@ -52,7 +52,7 @@ class ConfigError(ValueError):
 class _Strict(StrictModel):
     """Training settings are also set field by field (`--set key=value`), so assignments validate too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)  # extra="forbid" comes from StrictModel
 
 
 class LoraSettings(_Strict):

@@ -91,7 +91,7 @@ def test_magpie_on_vllm_writes_rows_and_a_second_run_repeats_them(backend, tmp_p
     import polars as pl
 
     def rejected(run: str) -> list[tuple[str, str]]:
-        path = tmp_path / run / "rejected" / "magpie.parquet"
+        path = MixStore(tmp_path / run).rejected_path("magpie")
         return pl.read_parquet(path).select("drop_reason", "text").rows() if path.exists() else []
 
     assert len(rejected("a")) == sum(stats["dropped"].values())
