@@ -7,6 +7,11 @@
 Every per-shard task writes its result to a file under the mix's work folder and hands back only the path,
 so the results are the same bytes whichever runner ran them; a real cluster needs that folder on a shared
 file system (NFS, a mounted bucket) reachable at the same path from every worker.
+
+The workers of a local cluster report their task runs to the flow's own Prefect API. Without one
+(no PREFECT_API_URL), the flow runs on Prefect's temporary server, and each worker process would start a
+temporary server of its own on the same SQLite database: seconds per worker, and on a loaded machine a build
+that never finished. Workers of an existing cluster need PREFECT_API_URL set where they run.
 """
 
 from __future__ import annotations
@@ -38,5 +43,19 @@ def task_runner_for(spec: dict[str, Any] | None, dask_address: str | None = None
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": None,
+            "env": {"PREFECT_API_URL": _flow_api_url()},
         },
     )
+
+
+def _flow_api_url() -> str:
+    """The Prefect API this process reports to: PREFECT_API_URL, or the temporary server Prefect starts for it."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # one per process: the server this process's flow runs already use
+    server.start()
+    return server.api_url

@@ -54,11 +54,14 @@ def shard_digests(mix_dir: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted((mix_dir / "data").glob("*.parquet"))}
 
 
-def build(recipe_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "alignmix"), "build", str(recipe_path), *args],
-        capture_output=True, text=True, env=env or os.environ.copy(), timeout=900,
-    )
+def build(recipe_path: Path, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`alignmix build`; a run past `timeout` comes back as returncode -9 with what it had printed, to assert on."""
+    cmd = [str(BIN / "alignmix"), "build", str(recipe_path), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        text = [b.decode(errors="replace") if isinstance(b, bytes) else (b or "") for b in (err.stdout, err.stderr)]
+        return subprocess.CompletedProcess(cmd, -9, text[0] + f"\n[killed after {timeout:.0f} s]", text[1])
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +131,11 @@ def test_cli_mix_gives_the_flows_bytes_and_resumes(threads_build: Path, tmp_path
 @pytest.mark.slow
 def test_dask_two_workers_give_identical_shards(shared_data: Path, threads_build: Path, tmp_path: Path):
     recipe = real_recipe(shared_data, tmp_path / "out", task_runner={"kind": "dask", "n_workers": 2, "shard_rows": 400})
-    proc = build(write_recipe(tmp_path / "recipe.yaml", recipe))
+    proc = build(write_recipe(tmp_path / "recipe.yaml", recipe), timeout=300)  # 30 s on a quiet machine
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "distributed" in proc.stdout + proc.stderr  # the Dask cluster really ran the tasks
+    # The workers report to the flow's temporary server instead of each starting one on the same database.
+    assert (proc.stdout + proc.stderr).count("Starting temporary server") == 1
     assert shard_digests(tmp_path / "out" / "realmix") == shard_digests(threads_build)
     for stage in ("near_dedup", "length", "language"):
         a = pl.read_parquet(tmp_path / "out" / "realmix" / "rejected" / f"{stage}.parquet")
