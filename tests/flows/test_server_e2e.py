@@ -75,7 +75,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_prefect_yaml_deploys_both_deployments_to_a_work_pool(tmp_path: Path):
+def test_prefect_yaml_deploys_its_deployments_to_a_work_pool(tmp_path: Path):
     """The work-pool route in prefect.yaml: `prefect deploy --all` loads each entrypoint and registers it."""
     with prefect_server(tmp_path / "prefect-home") as (api_url, env):
         prefect = str(BIN / "prefect")
@@ -86,17 +86,22 @@ def test_prefect_yaml_deploys_both_deployments_to_a_work_pool(tmp_path: Path):
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         deployments = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=10).json()
-        by_name = {d["name"]: d for d in deployments}
-        assert set(by_name) == {"demo", "ultrafeedback"}
-        for name, recipe in (("demo", "recipes/demo.yaml"), ("ultrafeedback", "recipes/ultrafeedback-mix.yaml")):
-            d = by_name[name]
+        flows = {f["id"]: f["name"] for f in httpx.post(f"{api_url}/flows/filter", json={}, timeout=10).json()}
+        by_name = {(flows[d["flow_id"]], d["name"]): d for d in deployments}
+        expected = {
+            ("build-ultrafeedback-mix", "demo"): ("alignmix/flows/build.py:build_ultrafeedback_mix", "recipes/demo.yaml"),
+            ("build-ultrafeedback-mix", "ultrafeedback"): (
+                "alignmix/flows/build.py:build_ultrafeedback_mix", "recipes/ultrafeedback-mix.yaml"),
+            ("iterative-dpo", "demo"): ("alignmix/flows/iterative.py:iterative_dpo", "recipes/iterative-demo.yaml"),
+        }
+        assert set(by_name) == set(expected)
+        for key, (entrypoint, recipe) in expected.items():
+            d = by_name[key]
             assert d["work_pool_name"] == "alignmix"
-            assert d["entrypoint"] == "alignmix/flows/build.py:build_ultrafeedback_mix"
+            assert d["entrypoint"] == entrypoint
             assert d["parameters"] == {"recipe": recipe}
             assert "recipe" in d["parameter_openapi_schema"]["properties"]
             # A worker on this machine starts the run in the checkout: the pull step points at it.
             assert d["pull_steps"] == [
                 {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
             ], d["pull_steps"]
-        flows = httpx.post(f"{api_url}/flows/filter", json={}, timeout=10).json()
-        assert {f["name"] for f in flows} == {"build-ultrafeedback-mix"}
