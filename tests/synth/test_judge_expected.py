@@ -86,6 +86,24 @@ def test_next_token_probs_batched_equals_one_at_a_time(backend):
 
 
 @pytest.mark.slow
+def test_a_prompt_and_its_spaced_variant_share_one_forward_pass(backend):
+    """The judge asks after `p` and after `p + " "`: one pass over `p + " "` gives both distributions."""
+    judge = Judge(JudgeConfig(rating="expected"), backend)
+    prompts = [judge._prefilled(f"Rate this answer to {i!r}: {r!r}", "Rating:") + s for i, r in PAIRS for s in ("", " ")]
+    rows = []
+    hook = backend.lm.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+                                            with_kwargs=True)  # fmt: skip
+    try:
+        together = backend.next_token_probs(prompts, rating_candidates())
+    finally:
+        hook.remove()
+    assert rows == [len(PAIRS)]  # one row per item, not two
+    for p, got in zip(prompts, together):
+        alone = backend.next_token_probs([p], rating_candidates())[0]
+        assert all(abs(alone[c] - got[c]) < 1e-4 for c in got)
+
+
+@pytest.mark.slow
 def test_expected_ratings_are_graded_and_match_their_distribution(backend):
     judge = Judge(JudgeConfig(rating="expected", aspects=["helpfulness"], max_new_tokens=8), backend)
     judgements, tokens = judge.rate(PAIRS)

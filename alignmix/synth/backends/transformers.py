@@ -90,6 +90,9 @@ class TransformersBackend(LocalModelBackend):
         return results  # type: ignore[return-value]
 
     def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        """One forward pass per prompt, except that a prompt whose tokens begin the next prompt's rides on that
+        prompt's pass (the judge asks after `p` and after `p + " "`): causal attention makes the logits at `p`'s
+        last position see only `p`'s tokens, so they are the ones a pass over `p` alone would give."""
         import torch
 
         token_of = {}
@@ -98,18 +101,24 @@ class TransformersBackend(LocalModelBackend):
             if len(tok) == 1:
                 token_of[c] = tok[0]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
+        riders = _prefix_riders(ids)
+        carriers = sorted(riders, key=lambda i: -len(ids[i]))
         index = torch.tensor(list(token_of.values()), dtype=torch.long)
         results: list[dict[str, float]] = [{} for _ in prompts]
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            input_ids, attention, positions = _left_pad([ids[i] for i in chunk], self.pad_id)
+        for start in range(0, len(carriers), self.batch_size):
+            chunk = carriers[start : start + self.batch_size]
+            # (prompt, row, positions before the row's end) of every prompt read off this batch
+            reads = [(i, row, len(ids[c]) - len(ids[i])) for row, c in enumerate(chunk) for i in riders[c]]
+            keep = {"logits_to_keep": 1 + max(back for _, _, back in reads)} if self._keep else {}
+            input_ids, attention, positions = _left_pad([ids[c] for c in chunk], self.pad_id)
             with torch.inference_mode():
                 out = self.lm(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
-                              position_ids=positions.to(self.device), use_cache=False, **self._keep)  # fmt: skip
-            probs = torch.softmax(out.logits[:, -1, :].float().cpu(), dim=-1)[:, index] if token_of else None
-            for row, i in enumerate(chunk):
-                picked = dict(zip(token_of, probs[row].tolist())) if probs is not None else {}
+                              position_ids=positions.to(self.device), use_cache=False, **keep)  # fmt: skip
+            for i, row, back in reads:
+                picked = {}
+                if token_of:
+                    probs = torch.softmax(out.logits[row, -1 - back, :].float().cpu(), dim=-1)[index]
+                    picked = dict(zip(token_of, probs.tolist()))
                 results[i] = {c: float(picked.get(c, 0.0)) for c in candidates}
         return results
 
@@ -224,3 +233,20 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """Cut `text` at the earliest stop string. ("Hi<|im_end|>junk", ("<|im_end|>",)) -> ("Hi", True)."""
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _prefix_riders(ids: list[list[int]]) -> dict[int, list[int]]:
+    """{carrier: the prompts read off its forward pass, itself included}: a prompt whose tokens begin the next
+    prompt's is read off that prompt's carrier.
+
+    >>> _prefix_riders([[1, 2], [1, 2, 3], [1, 2, 3, 4], [5], [5], [6]])
+    {5: [5], 4: [4, 3], 2: [2, 1, 0]}
+    """
+    carrier = list(range(len(ids)))
+    for i in range(len(ids) - 2, -1, -1):
+        if ids[i] and ids[i + 1][: len(ids[i])] == ids[i]:
+            carrier[i] = carrier[i + 1]
+    riders: dict[int, list[int]] = {}
+    for i in range(len(ids) - 1, -1, -1):
+        riders.setdefault(carrier[i], []).append(i)
+    return riders
