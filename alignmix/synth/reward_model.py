@@ -235,9 +235,14 @@ class RewardModelJudge:
         return self.backend.score(conversations, progress), 0
 
     def outcomes(self, items: list[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[float]:
-        """For (instruction, a, b): 1.0 when a scores higher, 0.0 when b does, 0.5 for a tie or a missing score."""
-        rewards = self.backend.score([_turns(i, x) for i, a, b in items for x in (a, b)], progress)
-        return [_compare(rewards[2 * k].score, rewards[2 * k + 1].score) for k in range(len(items))]
+        """For (instruction, a, b): 1.0 when a scores higher, 0.0 when b does, 0.5 for a tie or a missing score.
+        Equal answers tie without scoring: in a padded batch the same text can score a few ulps apart."""
+        differ = [k for k, (_, a, b) in enumerate(items) if a != b]
+        rewards = self.backend.score([_turns(items[k][0], x) for k in differ for x in items[k][1:]], progress)
+        out = [0.5] * len(items)
+        for n, k in enumerate(differ):
+            out[k] = _compare(rewards[2 * n].score, rewards[2 * n + 1].score)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return self.backend.describe()
