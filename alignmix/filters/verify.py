@@ -40,14 +40,15 @@ partial answers it accepts ("6630.65" for 6630, "E_1" for "E_1, E_2": 11 rows).
 A ground truth that is a JSON list of strings (the column mapping writes a list of answers so, `["12", "twelve"]`)
 accepts any of its answers.
 
-`timeout_seconds` uses math-verify's SIGALRM timer, which exists only in the main thread: a stage scored in a
-worker thread checks without a timeout.
+`timeout_seconds` bounds each math check, from any thread: math-verify runs in a child process (one per calling
+thread, `alignmix.filters.isolated`), where its own SIGALRM timer works, and a child still busy after 3x the
+limit plus 2 s is killed (sympy raising 9^(9^(9^9)) holds the GIL, so no timer in the caller could stop it).
+Either way the row is a `timeout`. `timeout_seconds: null` checks in this process, without a limit.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -56,6 +57,7 @@ import orjson
 import polars as pl
 from pydantic import Field
 
+from alignmix.filters.isolated import Isolated
 from alignmix.pipeline.reasoning import answer_of
 from alignmix.pipeline.schema import RowError, normalize_text, row_kind
 from alignmix.pipeline.stage import Stage, StageConfig, decide, keep_all
@@ -112,11 +114,6 @@ def _choice_truth(truth: str, letters: str) -> str | None:
 # --- math ----------------------------------------------------------------------------------------------------
 
 
-def _timeout(seconds: int | None) -> int | None:
-    # math-verify times out with signal.alarm, which only the main thread may set.
-    return seconds if threading.current_thread() is threading.main_thread() else None
-
-
 @lru_cache(maxsize=4096)
 def _parse_truth(truth: str, timeout: int | None) -> tuple[Any, ...]:
     """The truth parsed as math-verify parses gold answers: boxed, so the whole string is the expression."""
@@ -140,10 +137,23 @@ def check_math(answer: str, truth: str, timeout_seconds: int | None = 5) -> Verd
     handle does not hide another that matches, and a timeout is told apart from a wrong answer (math-verify's
     own `verify` reports both as False).
     """
-    return _check_math(answer, truth, _timeout(timeout_seconds))
+    if timeout_seconds is None:
+        return _check_math(answer, truth, None)
+    return _check_math_isolated(answer, truth, timeout_seconds)
+
+
+_MATH = Isolated(f"{__name__}:_check_math", warm="math_verify")
 
 
 @lru_cache(maxsize=4096)  # sympy is the cost: the same answer checked twice (a pair's side, a resampled trace)
+def _check_math_isolated(answer: str, truth: str, timeout: int) -> Verdict:
+    try:
+        return _MATH((answer, truth, timeout), deadline=3 * timeout + 2)
+    except (TimeoutError, ChildProcessError):
+        return Verdict("timeout", None, truth, "math")
+
+
+@lru_cache(maxsize=4096)
 def _check_math(answer: str, truth: str, timeout: int | None) -> Verdict:
     gold = _parse_truth(truth, timeout)
     pred = _parse_answer(answer, timeout)
@@ -293,7 +303,7 @@ class VerifyConfig(StageConfig):
         "and count them"
     )
     timeout_seconds: int | None = Field(
-        5, ge=1, description="math-verify's limit per parse and per comparison (main thread only); null: none"
+        5, ge=1, description="math-verify's limit per parse and per comparison, in a child process; null: none"
     )
 
 
