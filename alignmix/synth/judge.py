@@ -207,17 +207,16 @@ class Judge:
     def _rate_expected(
         self, items: list[tuple[str, str]], reqs: list[GenerationRequest], progress
     ) -> tuple[list[Judgement], int]:
-        """G-Eval ratings from one next-token pass over every prompt (and its spaced variant), then the rationales."""
+        """G-Eval ratings from the next-token distributions after each prompt and after it plus a space, and the
+        rationales generated after the prompt (the backend reads both off one pass where it can)."""
         aspects = self.cfg.aspects
-        prompts = [r.prompt for r in reqs]
-        probs = self.backend.next_token_probs([p + s for p in prompts for s in ("", " ")], rating_candidates())
-        results = self.backend.generate(reqs, progress)
+        results, probs = self.backend.generate_and_probe(reqs, rating_candidates(), " ", progress)
         out = []
         for k in range(len(items)):
             j = Judgement({}, {}, {}, {}, {}, {})
             for n, a in enumerate(aspects):
                 at = k * len(aspects) + n
-                rating, top, dist, mass = expected_rating(digit_mass(probs[2 * at], probs[2 * at + 1]))
+                rating, top, dist, mass = expected_rating(digit_mass(*probs[at]))
                 j.raw[a] = PREFILL + results[at].text
                 j.ratings[a], j.rationales[a] = rating, parse_rationale(j.raw[a])
                 j.distributions[a], j.digit_mass[a], j.top_digits[a] = dist, mass, top  # type: ignore[index]

@@ -9,6 +9,7 @@ import pytest
 from alignmix.pipeline.store import MixStore
 from alignmix.synth import build_preferences
 from alignmix.synth.backends import get_backend
+from alignmix.synth.backends.base import Backend
 from alignmix.synth.backends.openai import OpenAIBackend, OpenAIBackendError
 from alignmix.synth.config import JudgeConfig
 from alignmix.synth.judge import DIGITS, Judge, Judgement, digit_mass, expected_rating, rating_candidates
@@ -101,6 +102,24 @@ def test_a_prompt_and_its_spaced_variant_share_one_forward_pass(backend):
     for p, got in zip(prompts, together):
         alone = backend.next_token_probs([p], rating_candidates())[0]
         assert all(abs(alone[c] - got[c]) < 1e-4 for c in got)
+
+
+@pytest.mark.slow
+def test_generate_and_probe_reads_the_ratings_off_the_generation(backend, monkeypatch):
+    """The transformers backend's one-pass route gives the texts and distributions of the two separate calls
+    (the base class's route), and needs a forward pass over `p + " "` only where the first token is not the space."""
+    judge = Judge(JudgeConfig(rating="expected", max_new_tokens=8), backend)
+    reqs = [judge._request(f"Rate this answer to {i!r}: {r!r}", "Rating:", 8, 0) for i, r in PAIRS]
+    reference = Backend.generate_and_probe(backend, reqs, rating_candidates(), " ")
+    asked = []
+    forward = backend._next_token_probs
+    monkeypatch.setattr(backend, "_next_token_probs", lambda prompts, c: asked.extend(prompts) or forward(prompts, c))
+    results, probs = backend.generate_and_probe(reqs, rating_candidates(), " ")
+    assert [r.text for r in results] == [r.text for r in reference[0]]
+    for ours, theirs in zip(probs, reference[1]):
+        for a, b in zip(ours, theirs):
+            assert set(a) == set(b) and all(abs(a[c] - b[c]) < 1e-4 for c in a)
+    assert set(asked) <= {r.prompt + " " for r in reqs} and len(asked) < len(reqs)
 
 
 @pytest.mark.slow

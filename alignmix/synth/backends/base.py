@@ -140,6 +140,17 @@ class Backend(ABC):
                 self.load()
             return self._next_token_probs(list(prompts), list(candidates))
 
+    def generate_and_probe(
+        self, requests: Sequence[GenerationRequest], candidates: Sequence[str], then: str,
+        progress: ProgressFn | None = None,
+    ) -> tuple[list[GenerationResult], list[tuple[dict[str, float], dict[str, float]]]]:
+        """`generate(requests)`, and for each raw-prompt request `next_token_probs` after its prompt `p` and after
+        `p + then`: what a G-Eval judge reads (the rating's distribution) beside what it writes (the rationale).
+        Backends that see the logits while they decode read both off the generation where they can."""
+        prompts = [self.request_text(r) for r in requests]
+        probs = self.next_token_probs([p + s for p in prompts for s in ("", then)], candidates)
+        return self.generate(requests, progress), [(probs[2 * k], probs[2 * k + 1]) for k in range(len(prompts))]
+
     def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
         raise NotImplementedError(
             f"the {self.name} backend cannot return next-token probabilities: use the judge's `rating: parsed`"

@@ -4,7 +4,8 @@ logits processor draws each row's token with that request's seeded generator, an
 each row at eos, at its own stop strings or at its own max_new_tokens. The same request with the same seed thus
 gives the same text whatever batch it lands in.
 
-Requests are sorted by prompt length before batching (less padding). `bench/generate.py` measured the former
+Requests are sorted by prompt length before batching (less padding). A G-Eval judge's next-token distributions
+come off the same decoding (`generate_and_probe`), so a rating and its rationale cost one prefill, not three. `bench/generate.py` measured the former
 hand-written loop (finished rows left the batch and the cache) against batched `generate`: it did not reach the
 1.5x that would justify keeping it (issue 14), so the backend uses `generate`.
 """
@@ -79,15 +80,60 @@ class TransformersBackend(LocalModelBackend):
         self.lm = None
 
     def _generate(self, requests: list[GenerationRequest], progress: ProgressFn | None) -> list[GenerationResult]:
-        prompts = [self.request_text(r) for r in requests]
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(requests)), key=lambda i: -len(ids[i]))
-        results: list[GenerationResult | None] = [None] * len(requests)
+        ids = [self.tokenizer(self.request_text(r), add_special_tokens=False)["input_ids"] for r in requests]
+        return self._decode(ids, [r.params for r in requests], progress)[0]
+
+    def _decode(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None,
+                probe: dict[str, int] | None = None) -> tuple[list[GenerationResult], list[Any]]:
+        """Batches of `ids` (longest first, less padding) through `_batch`; with `probe` ({candidate: token}),
+        also each row's (first token, candidate probabilities at decoding steps 0 and 1)."""
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Any] = [None] * len(ids)
+        probes: list[Any] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for i, res in zip(chunk, self._batch([ids[i] for i in chunk], [requests[i].params for i in chunk], progress)):
-                results[i] = res
-        return results  # type: ignore[return-value]
+            got, seen = self._batch([ids[i] for i in chunk], [params[i] for i in chunk], progress, probe)
+            for row, i in enumerate(chunk):
+                results[i], probes[i] = got[row], seen[row]
+        return results, probes
+
+    def generate_and_probe(self, requests, candidates, then, progress=None):
+        """As the base class, in one pass per prompt where the tokens allow: P(next | p) is the first decoding
+        step's distribution, and P(next | p + then) the second's wherever the first token drawn is the one
+        token `then` adds to `p`'s (`p + " "` after "Rating:" with SmolLM2, whose greedy first token is the
+        space). The other prompts get a forward pass over `p + then`."""
+        if not requests:
+            return [], []
+        with self._lock:
+            if not self._loaded:
+                self.load()
+            prompts = [self.request_text(r) for r in requests]
+            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            token_of = self._candidate_tokens(candidates)
+            results, seen = self._decode(ids, [r.params for r in requests], progress, token_of)
+
+            def named(values: list[float]) -> dict[str, float]:
+                return {c: 0.0 for c in candidates} | dict(zip(token_of, values))
+
+            after = [named(step0) for _, step0, _ in seen]
+            after_then: list[dict[str, float] | None] = [None] * len(requests)
+            for k, (first, _, step1) in enumerate(seen):
+                extended = self.tokenizer(prompts[k] + then, add_special_tokens=False)["input_ids"]
+                if step1 is not None and extended[:-1] == ids[k] and extended[-1] == first:
+                    after_then[k] = named(step1)
+            rest = [k for k, x in enumerate(after_then) if x is None]
+            for k, probs in zip(rest, self._next_token_probs([prompts[k] + then for k in rest], list(candidates))):
+                after_then[k] = probs
+        return results, list(zip(after, after_then))  # type: ignore[arg-type]
+
+    def _candidate_tokens(self, candidates: list[str]) -> dict[str, int]:
+        """{candidate: its token} for the candidates that are one token of the vocabulary."""
+        token_of = {}
+        for c in candidates:
+            tok = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            if len(tok) == 1:
+                token_of[c] = tok[0]
+        return token_of
 
     def _next_token_probs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
         """One forward pass per prompt, except that a prompt whose tokens begin the next prompt's rides on that
@@ -95,11 +141,7 @@ class TransformersBackend(LocalModelBackend):
         last position see only `p`'s tokens, so they are the ones a pass over `p` alone would give."""
         import torch
 
-        token_of = {}
-        for c in candidates:
-            tok = self.tokenizer(c, add_special_tokens=False)["input_ids"]
-            if len(tok) == 1:
-                token_of[c] = tok[0]
+        token_of = self._candidate_tokens(candidates)
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         riders = _prefix_riders(ids)
         carriers = sorted(riders, key=lambda i: -len(ids[i]))
@@ -122,10 +164,12 @@ class TransformersBackend(LocalModelBackend):
                 results[i] = {c: float(picked.get(c, 0.0)) for c in candidates}
         return results
 
-    def _batch(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None) -> list[GenerationResult]:
+    def _batch(self, ids: list[list[int]], params: list[SamplingParams], progress: ProgressFn | None,
+               probe: dict[str, int] | None = None) -> tuple[list[GenerationResult], list[Any]]:
         """One batch through `model.generate`: each row draws its token with its own seeded generator (a logits
         processor that leaves only the drawn token, decoded greedily), and stops at eos, at its own stop strings
-        or at its own max_new_tokens (a per-row stopping criterion)."""
+        or at its own max_new_tokens (a per-row stopping criterion). With `probe`, the same processor keeps the
+        softmax of the logits it is given (nothing else processes them) at the probed tokens, at steps 0 and 1."""
         import torch
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -137,9 +181,14 @@ class TransformersBackend(LocalModelBackend):
         finish: list[str] = ["length"] * n
         backend = self
 
+        probe_index = torch.tensor(list(probe.values()), dtype=torch.long) if probe else None
+        steps: list[list[list[float]]] = []  # per step (0 and 1), per row: the probed tokens' probabilities
+
         class PerRowSample(LogitsProcessor):
             def __call__(self, input_ids, scores):
                 logits = scores.float().cpu()
+                if probe is not None and input_ids.shape[1] - width < 2:
+                    steps.append(torch.softmax(logits, dim=-1)[:, probe_index].tolist() if probe else [[]] * n)
                 chosen = [backend._sample(logits[row], params[row], generators[row]) if length[row] is None else backend.pad_id
                           for row in range(n)]  # fmt: skip
                 out = torch.full_like(scores, float("-inf"))
@@ -186,7 +235,12 @@ class TransformersBackend(LocalModelBackend):
                     completion_tokens=len(tokens),
                 )
             )
-        return results
+        seen = [
+            (int(out[i, width]) if out.shape[1] > width else None, steps[0][i] if steps else [],
+             steps[1][i] if len(steps) > 1 else None)
+            for i in range(n)
+        ] if probe is not None else [None] * n
+        return results, seen
 
     def _hit_stop(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tokenizer.decode(tokens[-_STOP_WINDOW:], skip_special_tokens=False)
