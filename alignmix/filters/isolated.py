@@ -88,22 +88,24 @@ def _write(stream, obj: Any) -> None:
 
 
 def _read(stream, timeout: float | None) -> Any:
+    """One message from `stream`; TimeoutError when it is not all there within `timeout` s, EOFError at its end."""
     fd, end = stream.fileno(), None if timeout is None else time.monotonic() + timeout
-    chunks, need, header = [], _HEADER.size, True
-    while True:
-        while need:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            if not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"no answer within {timeout:.0f} s")
-            chunk = os.read(fd, need)
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            need -= len(chunk)
-        data = b"".join(chunks)
-        if not header:
-            return pickle.loads(data)
-        need, chunks, header = _HEADER.unpack(data)[0], [], False
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, end, timeout))
+    return pickle.loads(_read_exactly(fd, size, end, timeout))
+
+
+def _read_exactly(fd: int, need: int, end: float | None, timeout: float | None) -> bytes:
+    chunks = []
+    while need:
+        left = None if end is None else max(0.0, end - time.monotonic())
+        if not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"no answer within {timeout:.0f} s")
+        chunk = os.read(fd, need)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        need -= len(chunk)
+    return b"".join(chunks)
 
 
 def serve(target: str, warm: str | None) -> None:

@@ -179,9 +179,7 @@ class RewardModel(LocalModelBackend):
 
     def score(self, conversations: list[Conversation], progress: ProgressFn | None = None) -> list[Reward]:
         """The reward of each conversation's last turn, in the order given."""
-        with self._lock:
-            if not self._loaded:
-                self.load()
+        with self.loaded():
             return self._score(conversations, progress)
 
     def _score(self, conversations: list[Conversation], progress: ProgressFn | None) -> list[Reward]:

@@ -21,7 +21,8 @@ import gc
 import hashlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -114,12 +115,18 @@ class Backend(ABC):
         """Free what `load()` took (weights, engine, GPU memory); the next `generate` loads again."""
         self._loaded = False
 
-    def generate(self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
-        if not requests:
-            return []
+    @contextmanager
+    def loaded(self) -> Iterator[None]:
+        """Hold this backend's lock with its model loaded: one call at a time uses the weights."""
         with self._lock:
             if not self._loaded:
                 self.load()
+            yield
+
+    def generate(self, requests: Sequence[GenerationRequest], progress: ProgressFn | None = None) -> list[GenerationResult]:
+        if not requests:
+            return []
+        with self.loaded():
             return self._generate(list(requests), progress)
 
     @abstractmethod
@@ -135,9 +142,7 @@ class Backend(ABC):
         """
         if not prompts:
             return []
-        with self._lock:
-            if not self._loaded:
-                self.load()
+        with self.loaded():
             return self._next_token_probs(list(prompts), list(candidates))
 
     def generate_and_probe(

@@ -5,9 +5,10 @@ each row at eos, at its own stop strings or at its own max_new_tokens. The same 
 gives the same text whatever batch it lands in.
 
 Requests are sorted by prompt length before batching (less padding). A G-Eval judge's next-token distributions
-come off the same decoding (`generate_and_probe`), so a rating and its rationale cost one prefill, not three. `bench/generate.py` measured the former
-hand-written loop (finished rows left the batch and the cache) against batched `generate`: it did not reach the
-1.5x that would justify keeping it (issue 14), so the backend uses `generate`.
+come off the same decoding (`generate_and_probe`), so a rating and its rationale cost one prefill, not three.
+`bench/generate.py` measured the former hand-written loop (finished rows left the batch and the cache) against
+batched `generate`: it did not reach the 1.5x that would justify keeping it (issue 14), so the backend uses
+`generate`.
 """
 
 from __future__ import annotations
@@ -104,9 +105,7 @@ class TransformersBackend(LocalModelBackend):
         space). The other prompts get a forward pass over `p + then`."""
         if not requests:
             return [], []
-        with self._lock:
-            if not self._loaded:
-                self.load()
+        with self.loaded():
             prompts = [self.request_text(r) for r in requests]
             ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             token_of = self._candidate_tokens(candidates)
@@ -181,14 +180,14 @@ class TransformersBackend(LocalModelBackend):
         finish: list[str] = ["length"] * n
         backend = self
 
-        probe_index = torch.tensor(list(probe.values()), dtype=torch.long) if probe else None
+        probe_index = torch.tensor(list(probe.values()), dtype=torch.long) if probe is not None else None
         steps: list[list[list[float]]] = []  # per step (0 and 1), per row: the probed tokens' probabilities
 
         class PerRowSample(LogitsProcessor):
             def __call__(self, input_ids, scores):
                 logits = scores.float().cpu()
-                if probe is not None and input_ids.shape[1] - width < 2:
-                    steps.append(torch.softmax(logits, dim=-1)[:, probe_index].tolist() if probe else [[]] * n)
+                if probe_index is not None and input_ids.shape[1] - width < 2:
+                    steps.append(torch.softmax(logits, dim=-1)[:, probe_index].tolist())
                 chosen = [backend._sample(logits[row], params[row], generators[row]) if length[row] is None else backend.pad_id
                           for row in range(n)]  # fmt: skip
                 out = torch.full_like(scores, float("-inf"))
@@ -235,12 +234,10 @@ class TransformersBackend(LocalModelBackend):
                     completion_tokens=len(tokens),
                 )
             )
-        seen = [
-            (int(out[i, width]) if out.shape[1] > width else None, steps[0][i] if steps else [],
-             steps[1][i] if len(steps) > 1 else None)
-            for i in range(n)
-        ] if probe is not None else [None] * n
-        return results, seen
+        if probe is None:
+            return results, [None] * n
+        # generate draws at least one token, so step 0 is always there; step 1 only if some row went on
+        return results, [(int(out[i, width]), steps[0][i], steps[1][i] if len(steps) > 1 else None) for i in range(n)]
 
     def _hit_stop(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tokenizer.decode(tokens[-_STOP_WINDOW:], skip_special_tokens=False)
